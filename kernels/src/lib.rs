@@ -1,0 +1,1 @@
+//! Bit packing and packed low-bit kernels.

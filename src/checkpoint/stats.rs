@@ -1,0 +1,235 @@
+//! Per-tensor weight statistics, streamed from the memory map in parallel blocks.
+//!
+//! Two passes: the first gathers count, min, max, sum and sum of squares of the finite values
+//! (f64 accumulators, merged in a fixed order so results do not depend on the thread count);
+//! the second counts outliers |w - mean| > 6 std, which needs mean and std from the first.
+//! (Centred, so that non-zero-mean tensors such as norm gains are not all "outliers".)
+
+use super::{Checkpoint, TensorView};
+use crate::error::Result;
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// Elements per parallel work item: big enough to amortise scheduling, small enough to balance.
+const CHUNK: usize = 1 << 20;
+/// Elements decoded to f32 at a time on the stack.
+const BLOCK: usize = 4096;
+/// Outlier threshold in standard deviations.
+pub const OUTLIER_STD: f32 = 6.0;
+
+/// Summary statistics of one float tensor; min/max/mean/std are over finite values only.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorStats {
+    /// Tensor name.
+    pub name: String,
+    /// Stored dtype.
+    pub dtype: String,
+    /// Number of elements.
+    pub numel: u64,
+    /// Smallest finite value.
+    pub min: f32,
+    /// Largest finite value.
+    pub max: f32,
+    /// Largest finite |w|.
+    pub absmax: f32,
+    /// Mean of finite values.
+    pub mean: f64,
+    /// Population standard deviation of finite values.
+    pub std: f64,
+    /// Share of finite values with |w - mean| > 6 std.
+    pub outlier_share: f64,
+    /// Count of NaN elements.
+    pub nan: u64,
+    /// Count of +/-Inf elements.
+    pub inf: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Moments {
+    finite: u64,
+    nan: u64,
+    inf: u64,
+    min: f32,
+    max: f32,
+    sum: f64,
+    sumsq: f64,
+}
+
+impl Moments {
+    const EMPTY: Moments = Moments {
+        finite: 0,
+        nan: 0,
+        inf: 0,
+        min: f32::INFINITY,
+        max: f32::NEG_INFINITY,
+        sum: 0.0,
+        sumsq: 0.0,
+    };
+
+    fn merge(self, o: Moments) -> Moments {
+        Moments {
+            finite: self.finite + o.finite,
+            nan: self.nan + o.nan,
+            inf: self.inf + o.inf,
+            min: self.min.min(o.min),
+            max: self.max.max(o.max),
+            sum: self.sum + o.sum,
+            sumsq: self.sumsq + o.sumsq,
+        }
+    }
+
+    /// Adds a block; the branch-free lane loop runs when the block has no NaN/Inf (the norm).
+    fn add(&mut self, x: &[f32]) {
+        let nonfinite = x.iter().filter(|v| !v.is_finite()).count();
+        if nonfinite == 0 {
+            // 16 f32 lanes summed over runs of 8 (128 elements), then flushed to f64: the
+            // compiler vectorises the f32 lanes, and 8-term f32 partial sums lose nothing
+            // measurable before they join the f64 totals.
+            const L: usize = 16;
+            const RUN: usize = L * 8;
+            let (mut mn, mut mx) = ([f32::INFINITY; L], [f32::NEG_INFINITY; L]);
+            let (mut s64, mut q64) = (0f64, 0f64);
+            let mut runs = x.chunks_exact(RUN);
+            for run in &mut runs {
+                let (mut s, mut q) = ([0f32; L], [0f32; L]);
+                for c in run.chunks_exact(L) {
+                    for i in 0..L {
+                        let v = c[i];
+                        mn[i] = if v < mn[i] { v } else { mn[i] };
+                        mx[i] = if v > mx[i] { v } else { mx[i] };
+                        s[i] += v;
+                        q[i] += v * v;
+                    }
+                }
+                s64 += s.iter().map(|&v| v as f64).sum::<f64>();
+                q64 += q.iter().map(|&v| v as f64).sum::<f64>();
+            }
+            for &v in runs.remainder() {
+                mn[0] = mn[0].min(v);
+                mx[0] = mx[0].max(v);
+                s64 += v as f64;
+                q64 += v as f64 * v as f64;
+            }
+            self.finite += x.len() as u64;
+            self.min = mn.iter().fold(self.min, |a, &b| a.min(b));
+            self.max = mx.iter().fold(self.max, |a, &b| a.max(b));
+            self.sum += s64;
+            self.sumsq += q64;
+        } else {
+            for &v in x {
+                if v.is_nan() {
+                    self.nan += 1;
+                } else if v.is_infinite() {
+                    self.inf += 1;
+                } else {
+                    self.finite += 1;
+                    self.min = self.min.min(v);
+                    self.max = self.max.max(v);
+                    self.sum += v as f64;
+                    self.sumsq += v as f64 * v as f64;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f` on every `BLOCK`-sized run of elements in `range` of `view`, decoded to f32.
+fn for_blocks(
+    view: &TensorView<'_>,
+    range: std::ops::Range<usize>,
+    mut f: impl FnMut(&[f32]),
+) -> Result<()> {
+    let mut buf = [0f32; BLOCK];
+    let mut at = range.start;
+    while at < range.end {
+        let n = BLOCK.min(range.end - at);
+        view.decode_f32(at, &mut buf[..n])?;
+        f(&buf[..n]);
+        at += n;
+    }
+    Ok(())
+}
+
+/// Statistics for every float tensor of `checkpoint` (others are skipped), in file order.
+pub fn compute(checkpoint: &Checkpoint) -> Result<Vec<TensorStats>> {
+    let views: Vec<TensorView<'_>> = checkpoint.tensors().filter(|v| v.is_float()).collect();
+    // Work items: (view index, element range). Collected in order, so merging is deterministic.
+    let items: Vec<(usize, std::ops::Range<usize>)> = views
+        .iter()
+        .enumerate()
+        .flat_map(|(i, v)| {
+            let n = v.numel();
+            (0..n.div_ceil(CHUNK).max(1)).map(move |c| (i, c * CHUNK..((c + 1) * CHUNK).min(n)))
+        })
+        .collect();
+
+    let partial: Vec<Moments> = items
+        .par_iter()
+        .map(|(i, r)| {
+            let mut m = Moments::EMPTY;
+            for_blocks(&views[*i], r.clone(), |x| m.add(x))?;
+            Ok(m)
+        })
+        .collect::<Result<_>>()?;
+    let mut moments = vec![Moments::EMPTY; views.len()];
+    for ((i, _), m) in items.iter().zip(&partial) {
+        moments[*i] = moments[*i].merge(*m);
+    }
+
+    let bounds: Vec<(f32, f32)> = moments
+        .iter()
+        .map(|m| (mean_of(m) as f32, OUTLIER_STD * std_of(m) as f32))
+        .collect();
+    let counts: Vec<u64> = items
+        .par_iter()
+        .map(|(i, r)| {
+            let (mean, t) = bounds[*i];
+            let mut n = 0u64;
+            for_blocks(&views[*i], r.clone(), |x| {
+                n += x
+                    .iter()
+                    .filter(|v| (**v - mean).abs() > t && v.is_finite())
+                    .count() as u64;
+            })?;
+            Ok(n)
+        })
+        .collect::<Result<_>>()?;
+    let mut outliers = vec![0u64; views.len()];
+    for ((i, _), n) in items.iter().zip(&counts) {
+        outliers[*i] += n;
+    }
+
+    Ok(views
+        .iter()
+        .zip(&moments)
+        .zip(&outliers)
+        .map(|((v, m), &out)| TensorStats {
+            name: v.name.to_string(),
+            dtype: format!("{:?}", v.dtype),
+            numel: v.numel() as u64,
+            min: if m.finite > 0 { m.min } else { f32::NAN },
+            max: if m.finite > 0 { m.max } else { f32::NAN },
+            absmax: if m.finite > 0 {
+                m.min.abs().max(m.max.abs())
+            } else {
+                f32::NAN
+            },
+            mean: mean_of(m),
+            std: std_of(m),
+            outlier_share: out as f64 / m.finite.max(1) as f64,
+            nan: m.nan,
+            inf: m.inf,
+        })
+        .collect())
+}
+
+fn mean_of(m: &Moments) -> f64 {
+    m.sum / m.finite.max(1) as f64
+}
+
+fn std_of(m: &Moments) -> f64 {
+    let mean = mean_of(m);
+    (m.sumsq / m.finite.max(1) as f64 - mean * mean)
+        .max(0.0)
+        .sqrt()
+}

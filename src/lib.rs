@@ -1,0 +1,11 @@
+//! qpipe: mixed-precision model compression with real forward-pass fitness.
+//!
+//! Data flows one way: checkpoint -> model -> calibration -> sensitivity -> search -> export -> eval.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod error;
+pub mod model;
+pub mod report;
+
+pub use error::{Error, Result};

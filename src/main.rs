@@ -1,0 +1,26 @@
+//! The qpipe binary: parses arguments and hands them to the library.
+
+use clap::Parser;
+use std::io::Write;
+
+fn main() {
+    // A panic is a qpipe bug, never the user's fault: one line, no backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("qpipe: internal error (please report): {info}");
+    }));
+    let cli = qpipe::cli::Cli::parse();
+    let mut stdout = std::io::stdout().lock();
+    let code = match qpipe::cli::run(cli, &mut stdout) {
+        Ok(code) => code,
+        Err(qpipe::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            0
+        }
+        Err(e) => {
+            let msg = e.to_string().replace('\n', " ");
+            eprintln!("qpipe: error: {msg}");
+            2
+        }
+    };
+    let _ = stdout.flush();
+    std::process::exit(code);
+}

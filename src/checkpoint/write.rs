@@ -1,14 +1,19 @@
 //! Writes safetensors files lazily and atomically (one tensor's bytes in memory at a time).
 //!
-//! safetensors 0.8's `serialize_to_file` already writes to a sibling temp file and renames it
-//! over the target, so an interrupted or failed write never leaves a partial file behind.
+//! The header comes from safetensors' own `Metadata`, so the file is valid by the crate's
+//! rules. Bytes go to a hidden sibling temp file that is fsynced and then renamed over the
+//! target; on any error the temp file is removed, so a failed write leaves neither a partial
+//! file nor a changed target. (safetensors' `serialize_to_file` does the same dance but through
+//! a 0600 temp file whose mode survives the rename; ours is created like any file, under the
+//! user's umask.)
 
 use crate::error::{Error, Result};
-use safetensors::tensor::View;
+use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::Dtype;
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 /// A tensor whose bytes are produced only when the writer reaches it.
 pub struct LazyTensor<'a> {
@@ -37,42 +42,156 @@ impl<'a> LazyTensor<'a> {
             produce().iter().flat_map(|v| v.to_le_bytes()).collect()
         })
     }
+
+    fn byte_len(&self) -> usize {
+        (self.shape.iter().product::<usize>() * self.dtype.bitsize()).div_ceil(8)
+    }
 }
 
-impl View for &LazyTensor<'_> {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        let bytes = (self.produce)();
-        // A producer returning the wrong length would corrupt every offset after it.
-        assert_eq!(
-            bytes.len(),
-            self.data_len(),
-            "LazyTensor produced the wrong byte count"
-        );
-        Cow::Owned(bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.shape.iter().product::<usize>() * self.dtype.bitsize() / 8
+/// Removes the temp file unless the write completed.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
 /// Writes `tensors` (and string `metadata`) to `path` atomically.
+///
+/// Tensors are laid out by descending element size (stable, so the given order holds within a
+/// dtype), which keeps every tensor aligned to its element size as the crate's writer does.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, LazyTensor<'_>)],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let views = tensors.iter().map(|(name, t)| (name.as_str(), t));
-    safetensors::serialize_to_file(views, metadata, path).map_err(|e| match e {
-        safetensors::SafeTensorError::IoError(source) => Error::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-        other => Error::invalid(path, format!("cannot write safetensors: {other}")),
-    })
+    let mut order: Vec<&(String, LazyTensor<'_>)> = tensors.iter().collect();
+    order.sort_by_key(|(_, t)| std::cmp::Reverse(t.dtype.bitsize()));
+    let mut offset = 0;
+    let infos = order
+        .iter()
+        .map(|(name, t)| {
+            let info = TensorInfo {
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                data_offsets: (offset, offset + t.byte_len()),
+            };
+            offset += t.byte_len();
+            (name.clone(), info)
+        })
+        .collect();
+    let header = Metadata::new(metadata, infos)
+        .and_then(|m| Ok(serde_json::to_string(&m)?))
+        .map_err(|e| Error::invalid(path, format!("cannot build safetensors header: {e}")))?;
+    let mut header = header.into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let mut guard = TempGuard(Some(tmp.clone()));
+    let io = Error::io(&tmp);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(Error::io(&tmp))?;
+    let mut out = BufWriter::with_capacity(1 << 20, &file);
+    let written: std::io::Result<()> = (|| {
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
+        for (_, t) in &order {
+            let bytes = (t.produce)();
+            if bytes.len() != t.byte_len() {
+                return Err(std::io::Error::other(format!(
+                    "tensor produced {} bytes, expected {}",
+                    bytes.len(),
+                    t.byte_len()
+                )));
+            }
+            out.write_all(&bytes)?;
+        }
+        out.flush()?;
+        File::sync_all(&file)
+    })();
+    drop(out);
+    written.map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(Error::io(path))?;
+    guard.0 = None;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+
+    #[test]
+    fn writes_a_valid_aligned_file_under_the_umask() {
+        let dir = std::env::temp_dir().join(format!("qpipe-write-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        let tensors = vec![
+            (
+                "b_u8".to_string(),
+                LazyTensor::new(Dtype::U8, vec![3], || vec![1, 2, 3]),
+            ),
+            (
+                "a_f32".to_string(),
+                LazyTensor::f32(vec![2], || vec![1.5, -2.0]),
+            ),
+        ];
+        let meta = HashMap::from([("k".to_string(), "v".to_string())]);
+        write_safetensors(&path, &tensors, Some(meta)).unwrap();
+        let c = Checkpoint::open(&path).unwrap();
+        let t = c.tensor("a_f32").unwrap();
+        assert_eq!(t.to_f32_vec().unwrap(), vec![1.5, -2.0]);
+        assert_eq!(
+            t.bytes.as_ptr() as usize % 4,
+            0,
+            "f32 data laid out first, aligned"
+        );
+        assert_eq!(c.tensor("b_u8").unwrap().bytes, &[1, 2, 3]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let umask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .unwrap()
+            .trim();
+        let umask = u32::from_str_radix(umask, 8).unwrap();
+        assert_eq!(
+            mode,
+            0o666 & !umask,
+            "created like any file, under the umask"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+
+        // A producer that lies about its size fails the write and leaves the old file intact.
+        let bad = vec![(
+            "x".to_string(),
+            LazyTensor::new(Dtype::F32, vec![4], || vec![0; 3]),
+        )];
+        let err = write_safetensors(&path, &bad, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("produced 3 bytes, expected 16"), "{err}");
+        assert!(Checkpoint::open(&path).unwrap().get("a_f32").is_some());
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "temp file removed"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

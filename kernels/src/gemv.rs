@@ -1,0 +1,194 @@
+//! Products with a packed matrix: `y = W x` (GEMV) and `Y = X W^T` (GEMM, a linear layer),
+//! with an AVX2+FMA+F16C path chosen at run time and a portable scalar fallback.
+//!
+//! Both paths are deterministic: every output is computed by exactly one thread in a fixed
+//! order of operations, so results do not depend on the number of threads. GEMV uses
+//! `sum_c s*(q_c - z)*x_c = s*(sum_c q_c*x_c - z*sum_{c in g} x_c)` with the per-group sums of
+//! `x` computed once per call; GEMM dequantizes each weight row once and reuses it for the whole
+//! batch. The AVX2 GEMV may lose precision for inputs below about 1e-34 in magnitude (they are
+//! rescaled by up to 2^-12 internally, which can make them subnormal).
+
+use rayon::prelude::*;
+
+use crate::matrix::PackedMatrix;
+use crate::{scalar, KernelError};
+
+/// Which implementation of the products to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Portable Rust, any CPU.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C intrinsics (checked at run time).
+    Avx2,
+}
+
+impl Backend {
+    /// The fastest backend this CPU supports.
+    pub fn detect() -> Backend {
+        if Backend::Avx2.is_available() {
+            Backend::Avx2
+        } else {
+            Backend::Scalar
+        }
+    }
+
+    /// Whether this CPU can run the backend.
+    pub fn is_available(self) -> bool {
+        match self {
+            Backend::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Backend::Avx2 => false,
+        }
+    }
+
+    /// Short lowercase name for reports ("scalar", "avx2").
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Scalar => "scalar",
+            Backend::Avx2 => "avx2",
+        }
+    }
+}
+
+/// Rows handed to one rayon task in GEMV.
+pub(crate) const GEMV_ROW_BLOCK: usize = 16;
+
+fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<(), KernelError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(KernelError::LengthMismatch {
+            what,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// `y = W x` on the fastest available backend; `x.len() == cols`, `y.len() == rows`.
+pub fn gemv(w: &PackedMatrix, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
+    gemv_with(Backend::detect(), w, x, y)
+}
+
+/// `y = W x` on the portable scalar backend (reference for tests and benches).
+pub fn gemv_scalar(w: &PackedMatrix, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
+    gemv_with(Backend::Scalar, w, x, y)
+}
+
+/// `y = W x` on an explicit backend; fails with `BackendUnavailable` if the CPU lacks it.
+pub fn gemv_with(
+    backend: Backend,
+    w: &PackedMatrix,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check_len("x", w.cols(), x.len())?;
+    check_len("y", w.rows(), y.len())?;
+    if !backend.is_available() {
+        return Err(KernelError::BackendUnavailable(backend.name()));
+    }
+    if w.rows() == 0 {
+        return Ok(());
+    }
+    match backend {
+        Backend::Scalar => scalar::gemv(w, x, y),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `is_available` confirmed AVX2, FMA and F16C on this CPU.
+        Backend::Avx2 => unsafe { crate::avx2::gemv(w, x, y) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Backend::Avx2 => unreachable!("is_available is false off x86-64"),
+    }
+    Ok(())
+}
+
+/// `Y = X W^T` on the fastest available backend: `x` is `[batch x cols]` row-major, `y` is
+/// `[batch x rows]` row-major.
+pub fn gemm(w: &PackedMatrix, x: &[f32], batch: usize, y: &mut [f32]) -> Result<(), KernelError> {
+    gemm_with(Backend::detect(), w, x, batch, y)
+}
+
+/// `Y = X W^T` on the portable scalar backend (reference for tests and benches).
+pub fn gemm_scalar(
+    w: &PackedMatrix,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    gemm_with(Backend::Scalar, w, x, batch, y)
+}
+
+/// `Y = X W^T` on an explicit backend; fails with `BackendUnavailable` if the CPU lacks it.
+pub fn gemm_with(
+    backend: Backend,
+    w: &PackedMatrix,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let nx = batch
+        .checked_mul(w.cols())
+        .ok_or(KernelError::SizeOverflow("batch * cols"))?;
+    let ny = batch
+        .checked_mul(w.rows())
+        .ok_or(KernelError::SizeOverflow("batch * rows"))?;
+    check_len("x", nx, x.len())?;
+    check_len("y", ny, y.len())?;
+    if !backend.is_available() {
+        return Err(KernelError::BackendUnavailable(backend.name()));
+    }
+    if ny == 0 {
+        return Ok(());
+    }
+    if w.cols() == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
+    // Each task computes a block of rows for the whole batch into a transposed buffer, which
+    // is then scattered into `y`.
+    let mut yt = vec![0f32; ny];
+    match backend {
+        Backend::Scalar => scalar::gemm(w, x, batch, &mut yt),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `is_available` confirmed AVX2, FMA and F16C on this CPU.
+        Backend::Avx2 => unsafe { crate::avx2::gemm(w, x, batch, &mut yt) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Backend::Avx2 => unreachable!("is_available is false off x86-64"),
+    }
+    let rows = w.rows();
+    y.par_chunks_mut(rows).enumerate().for_each(|(b, yb)| {
+        for (r, v) in yb.iter_mut().enumerate() {
+            *v = yt[r * batch + b];
+        }
+    });
+    Ok(())
+}
+
+/// Per-group sums of `x`: entry `g` is `sum x[g*group_size .. min((g+1)*group_size, cols)]`,
+/// added in eight interleaved partial sums (a fixed order of operations).
+pub(crate) fn group_sums(w: &PackedMatrix, x: &[f32]) -> Vec<f32> {
+    x.chunks(w.group_size())
+        .map(|c| {
+            let mut lanes = [0f32; 8];
+            let mut it = c.chunks_exact(8);
+            for x8 in &mut it {
+                for (l, v) in lanes.iter_mut().zip(x8) {
+                    *l += v;
+                }
+            }
+            for (l, v) in lanes.iter_mut().zip(it.remainder()) {
+                *l += v;
+            }
+            ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

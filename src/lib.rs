@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod error;
 pub mod model;
+pub mod quant;
 pub mod report;
 
 pub use error::{Error, Result};

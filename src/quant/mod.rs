@@ -1,0 +1,109 @@
+//! Quantization: formats, calibrators, and quantize/dequantize of weight matrices.
+//!
+//! One entry point per direction for every format: [`quantize`] produces a [`QuantizedTensor`]
+//! whose `storage_bytes` are exact, and [`fake_quantize`] gives the values a forward pass sees
+//! (quantize then dequantize) without packing, for the search's inner loop.
+
+pub mod calibrate;
+pub mod format;
+pub mod gguf;
+pub mod histogram;
+pub mod int;
+
+pub use calibrate::{Calibrator, Quantizer};
+pub use format::{FloatType, Format, GgufType, Granularity, IntFormat, Scheme};
+pub use histogram::Histogram;
+pub use int::IntQuantized;
+
+use half::{bf16, f16};
+
+/// A weight matrix stored in some format.
+pub enum QuantizedTensor {
+    /// qpipe integer format.
+    Int(IntQuantized),
+    /// GGUF block format (candle's storage, llama.cpp layout).
+    Gguf(candle_core::quantized::QTensor),
+    /// Float passthrough: little-endian bytes in `FloatType`.
+    Float(FloatType, Vec<u8>),
+}
+
+impl QuantizedTensor {
+    /// Exact bytes this tensor occupies in storage.
+    pub fn storage_bytes(&self) -> usize {
+        match self {
+            QuantizedTensor::Int(q) => q.storage_bytes(),
+            QuantizedTensor::Gguf(q) => q.storage_size_in_bytes(),
+            QuantizedTensor::Float(_, b) => b.len(),
+        }
+    }
+
+    /// Row-major f32 values.
+    pub fn dequantize(&self) -> Result<Vec<f32>, String> {
+        match self {
+            QuantizedTensor::Int(q) => q.dequantize(),
+            QuantizedTensor::Gguf(q) => gguf::dequantize(q),
+            QuantizedTensor::Float(t, b) => Ok(match t {
+                FloatType::F32 => b
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                FloatType::F16 => b
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                FloatType::BF16 => b
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            }),
+        }
+    }
+}
+
+/// Quantizes row-major `w` [rows, cols] into `format`. `cal` chooses integer ranges (GGUF types
+/// run llama.cpp's own search); `imp` is an optional per-column importance vector.
+pub fn quantize(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    format: Format,
+    cal: Calibrator,
+    imp: Option<&[f32]>,
+) -> Result<QuantizedTensor, String> {
+    format.check(rows, cols)?;
+    match format {
+        Format::Int(f) => int::quantize(w, rows, cols, f, cal, imp).map(QuantizedTensor::Int),
+        Format::Gguf(t) => gguf::quantize(w, rows, cols, t, imp).map(QuantizedTensor::Gguf),
+        Format::Float(t) => {
+            calibrate::finite_range(w)?;
+            let bytes = match t {
+                FloatType::F32 => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                FloatType::F16 => w
+                    .iter()
+                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                FloatType::BF16 => w
+                    .iter()
+                    .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            };
+            Ok(QuantizedTensor::Float(t, bytes))
+        }
+    }
+}
+
+/// The values a forward pass sees after storing `w` in `format` (quantize, then dequantize).
+pub fn fake_quantize(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    format: Format,
+    cal: Calibrator,
+    imp: Option<&[f32]>,
+) -> Result<Vec<f32>, String> {
+    format.check(rows, cols)?;
+    match format {
+        Format::Int(f) => int::fake_quantize(w, rows, cols, f, cal, imp),
+        _ => quantize(w, rows, cols, format, cal, imp)?.dequantize(),
+    }
+}

@@ -123,18 +123,17 @@ impl Quantizer {
             }
         };
         let scale = if f16_scale { round_up_f16(raw)? } else { raw };
+        // One division per quantizer: the mse search builds one per candidate ratio.
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
         let zero = match scheme {
             // -lo/scale lies in [0, levels] here, inside ROUND's exact range.
-            Scheme::Asymmetric if scale > 0.0 => {
-                ((-lo.min(0.0) / scale + ROUND) - ROUND).clamp(0.0, levels)
-            }
-            Scheme::Asymmetric => 0.0,
+            Scheme::Asymmetric => ((-lo.min(0.0) * inv + ROUND) - ROUND).clamp(0.0, levels),
             _ => half,
         };
         Ok(Quantizer {
             scale,
             zero: zero as u8,
-            inv: if scale > 0.0 { 1.0 / scale } else { 0.0 },
+            inv,
             lo_code,
             hi_code: levels,
         })
@@ -286,7 +285,7 @@ pub fn finite_range(xs: &[f32]) -> Result<(f32, f32), String> {
 /// 0.1 for rows whose range is set by a few far outliers.
 const MSE_COARSE: [f32; 9] = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.35, 0.2, 0.1];
 /// Extra ratios tried between the best coarse ratio's neighbours.
-const MSE_REFINE: usize = 3;
+const MSE_REFINE: usize = 2;
 
 /// The error of clipping at a ratio of the full range, for the mse search. A trait (not a
 /// closure) so that `#[inline(always)]` reaches the hot loop, also in the AVX2 build.

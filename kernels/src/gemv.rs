@@ -10,6 +10,7 @@
 
 use rayon::prelude::*;
 
+use crate::error::check_len;
 use crate::matrix::PackedMatrix;
 use crate::{scalar, KernelError};
 
@@ -58,18 +59,6 @@ impl Backend {
 
 /// Rows handed to one rayon task in GEMV.
 pub(crate) const GEMV_ROW_BLOCK: usize = 16;
-
-fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<(), KernelError> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(KernelError::LengthMismatch {
-            what,
-            expected,
-            actual,
-        })
-    }
-}
 
 /// `y = W x` on the fastest available backend; `x.len() == cols`, `y.len() == rows`.
 pub fn gemv(w: &PackedMatrix, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {

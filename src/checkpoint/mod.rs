@@ -4,14 +4,16 @@
 //! matching shape x dtype, no duplicate names across shards, index consistent with the shards)
 //! without touching tensor data, so it costs time proportional to the header size only.
 
+pub mod codec;
 mod header;
 mod locate;
 pub mod stats;
 mod view;
 pub mod write;
 
+pub use codec::FloatType;
 pub use safetensors::Dtype;
-pub use view::{TensorView, FLOAT_DTYPES};
+pub use view::TensorView;
 
 use crate::error::{Error, Result};
 use memmap2::Mmap;

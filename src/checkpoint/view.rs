@@ -1,8 +1,7 @@
 //! Zero-copy views of one tensor in a mapped checkpoint, and their conversion to f32 / candle.
 
+use super::codec::FloatType;
 use crate::error::{Error, Result};
-use half::slice::HalfFloatSliceExt;
-use half::{bf16, f16};
 use safetensors::Dtype;
 use std::path::Path;
 
@@ -21,9 +20,6 @@ pub struct TensorView<'a> {
     pub file: &'a Path,
 }
 
-/// Element types qpipe can compute with.
-pub const FLOAT_DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::BF16];
-
 impl TensorView<'_> {
     /// Number of elements.
     pub fn numel(&self) -> usize {
@@ -32,21 +28,20 @@ impl TensorView<'_> {
 
     /// Whether the dtype is one qpipe computes with (F32, F16, BF16).
     pub fn is_float(&self) -> bool {
-        FLOAT_DTYPES.contains(&self.dtype)
+        FloatType::from_dtype(self.dtype).is_some()
     }
 
-    fn require_float(&self) -> Result<()> {
-        if self.is_float() {
-            Ok(())
-        } else {
-            Err(Error::unsupported(
+    /// The float type, or an error naming the tensor and its unsupported dtype.
+    pub fn float_type(&self) -> Result<FloatType> {
+        FloatType::from_dtype(self.dtype).ok_or_else(|| {
+            Error::unsupported(
                 self.file,
                 format!(
                     "tensor '{}' has dtype {:?}; qpipe computes with F32, F16 and BF16 only",
                     self.name, self.dtype
                 ),
-            ))
-        }
+            )
+        })
     }
 
     /// Decodes elements `start..start + out.len()` to f32 into `out`.
@@ -54,32 +49,9 @@ impl TensorView<'_> {
     /// Works in place on a caller buffer so that large tensors can be streamed in blocks
     /// without ever materialising the whole tensor in f32.
     pub fn decode_f32(&self, start: usize, out: &mut [f32]) -> Result<()> {
-        self.require_float()?;
-        let width = self.dtype.bitsize() / 8;
-        let bytes = &self.bytes[start * width..(start + out.len()) * width];
-        match self.dtype {
-            Dtype::F32 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-            Dtype::BF16 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
-                }
-            }
-            _ => {
-                // Blocks of f16 through half's SIMD slice conversion (F16C when the CPU has it).
-                let mut halves = [f16::ZERO; 256];
-                for (o, c) in out.chunks_mut(256).zip(bytes.chunks(512)) {
-                    let h = &mut halves[..o.len()];
-                    for (x, b) in h.iter_mut().zip(c.chunks_exact(2)) {
-                        *x = f16::from_bits(u16::from_le_bytes([b[0], b[1]]));
-                    }
-                    h.convert_to_f32_slice(o);
-                }
-            }
-        }
+        let t = self.float_type()?;
+        let w = t.width();
+        t.decode(&self.bytes[start * w..(start + out.len()) * w], out);
         Ok(())
     }
 
@@ -92,11 +64,10 @@ impl TensorView<'_> {
 
     /// Converts to a candle tensor in the stored dtype (F32, F16 or BF16) on `device`.
     pub fn to_candle(&self, device: &candle_core::Device) -> Result<candle_core::Tensor> {
-        self.require_float()?;
-        let dtype = match self.dtype {
-            Dtype::F32 => candle_core::DType::F32,
-            Dtype::F16 => candle_core::DType::F16,
-            _ => candle_core::DType::BF16,
+        let dtype = match self.float_type()? {
+            FloatType::F32 => candle_core::DType::F32,
+            FloatType::F16 => candle_core::DType::F16,
+            FloatType::BF16 => candle_core::DType::BF16,
         };
         candle_core::Tensor::from_raw_buffer(self.bytes, dtype, self.shape, device).map_err(|e| {
             Error::invalid(

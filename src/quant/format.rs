@@ -3,6 +3,7 @@
 //! Every format knows its exact storage size for a shape (codes + scales + zero-points), so that
 //! bits per weight are counted, never estimated.
 
+pub use crate::checkpoint::FloatType;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -163,17 +164,6 @@ impl GgufType {
     }
 }
 
-/// Float passthrough types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum FloatType {
-    /// 32-bit IEEE float.
-    F32,
-    /// 16-bit IEEE half.
-    F16,
-    /// bfloat16.
-    BF16,
-}
-
 /// A storage format for one weight matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Format {
@@ -207,8 +197,7 @@ impl Format {
         match self {
             Format::Int(f) => f.storage_bytes(rows, cols),
             Format::Gguf(t) => rows * cols / t.block_size() * t.ggml().type_size(),
-            Format::Float(FloatType::F32) => rows * cols * 4,
-            Format::Float(_) => rows * cols * 2,
+            Format::Float(t) => rows * cols * t.width(),
         }
     }
 

@@ -15,8 +15,6 @@ pub use format::{FloatType, Format, GgufType, Granularity, IntFormat, Scheme};
 pub use histogram::Histogram;
 pub use int::IntQuantized;
 
-use half::{bf16, f16};
-
 /// A weight matrix stored in some format.
 pub enum QuantizedTensor {
     /// qpipe integer format.
@@ -42,20 +40,11 @@ impl QuantizedTensor {
         match self {
             QuantizedTensor::Int(q) => q.dequantize(),
             QuantizedTensor::Gguf(q) => gguf::dequantize(q),
-            QuantizedTensor::Float(t, b) => Ok(match t {
-                FloatType::F32 => b
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                FloatType::F16 => b
-                    .chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                FloatType::BF16 => b
-                    .chunks_exact(2)
-                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-            }),
+            QuantizedTensor::Float(t, b) => {
+                let mut out = vec![0f32; b.len() / t.width()];
+                t.decode(b, &mut out);
+                Ok(out)
+            }
         }
     }
 }
@@ -76,17 +65,7 @@ pub fn quantize(
         Format::Gguf(t) => gguf::quantize(w, rows, cols, t, imp).map(QuantizedTensor::Gguf),
         Format::Float(t) => {
             calibrate::finite_range(w)?;
-            let bytes = match t {
-                FloatType::F32 => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                FloatType::F16 => w
-                    .iter()
-                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-                    .collect(),
-                FloatType::BF16 => w
-                    .iter()
-                    .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-                    .collect(),
-            };
+            let bytes = t.encode(w);
             Ok(QuantizedTensor::Float(t, bytes))
         }
     }

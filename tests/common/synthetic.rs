@@ -100,18 +100,9 @@ pub fn normal_values(n: usize, std: f32, seed: u64) -> Vec<f32> {
 
 /// Encodes f32 values in `dtype` (F32, F16 or BF16), little-endian.
 pub fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
-    match dtype {
-        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Dtype::F16 => values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect(),
-        Dtype::BF16 => values
-            .iter()
-            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-            .collect(),
-        other => panic!("fixture cannot encode {other:?}"),
-    }
+    qpipe::checkpoint::FloatType::from_dtype(dtype)
+        .unwrap_or_else(|| panic!("fixture cannot encode {dtype:?}"))
+        .encode(values)
 }
 
 /// Writes `model.safetensors` + `config.json` for `spec` into `dir`; norms are 1, the rest

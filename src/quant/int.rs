@@ -87,17 +87,31 @@ enum RowOut<'a> {
     Values(&'a mut [f32]),
 }
 
-/// Calibrates each group of `row` (or uses the whole-tensor quantizer `shared`) and writes its
+/// What every row of one matrix shares.
+#[derive(Clone, Copy)]
+struct RowJob<'a> {
+    cal: Calibrator,
+    fmt: IntFormat,
+    /// Per-column importance.
+    imp: Option<&'a [f32]>,
+    /// The whole-tensor quantizer, for per-tensor granularity.
+    shared: Option<Quantizer>,
+}
+
+/// Calibrates each group of `row` (or uses the job's whole-tensor quantizer) and writes its
 /// codes or values; returns the row's quantizers. Inlined into both builds of [`row_work`].
 #[inline(always)]
 fn row_work_body(
-    cal: Calibrator,
-    fmt: IntFormat,
+    job: RowJob<'_>,
     row: &[f32],
-    imp: Option<&[f32]>,
-    shared: Option<Quantizer>,
     mut out: RowOut<'_>,
 ) -> Result<Vec<Quantizer>, String> {
+    let RowJob {
+        cal,
+        fmt,
+        imp,
+        shared,
+    } = job;
     let g = fmt.granularity.group_len(row.len());
     let mut qs = Vec::with_capacity(if shared.is_some() {
         0
@@ -133,46 +147,38 @@ fn row_work_body(
 /// FMA by itself, so this build computes bit-identical results, only wider.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn row_work_avx2(
-    cal: Calibrator,
-    fmt: IntFormat,
-    row: &[f32],
-    imp: Option<&[f32]>,
-    shared: Option<Quantizer>,
-    out: RowOut<'_>,
-) -> Result<Vec<Quantizer>, String> {
-    row_work_body(cal, fmt, row, imp, shared, out)
+fn row_work_avx2(job: RowJob<'_>, row: &[f32], out: RowOut<'_>) -> Result<Vec<Quantizer>, String> {
+    row_work_body(job, row, out)
 }
 
 /// Runs one row with the widest build this CPU supports.
-fn row_work(
-    cal: Calibrator,
-    fmt: IntFormat,
-    row: &[f32],
-    imp: Option<&[f32]>,
-    shared: Option<Quantizer>,
-    out: RowOut<'_>,
-) -> Result<Vec<Quantizer>, String> {
+fn row_work(job: RowJob<'_>, row: &[f32], out: RowOut<'_>) -> Result<Vec<Quantizer>, String> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features this build was compiled for.
-        return unsafe { row_work_avx2(cal, fmt, row, imp, shared, out) };
+        return unsafe { row_work_avx2(job, row, out) };
     }
-    row_work_body(cal, fmt, row, imp, shared, out)
+    row_work_body(job, row, out)
 }
 
-/// For per-tensor granularity, the one quantizer calibrated on the whole matrix.
-fn tensor_quantizer(
+/// The job for `w`: for per-tensor granularity, with the one quantizer calibrated on all of it.
+fn row_job<'a>(
     w: &[f32],
     fmt: IntFormat,
     cal: Calibrator,
-    imp: Option<&[f32]>,
-) -> Result<Option<Quantizer>, String> {
-    if fmt.granularity == Granularity::Tensor {
-        Ok(Some(weight_quantizer(cal, fmt, w, imp)?))
+    imp: Option<&'a [f32]>,
+) -> Result<RowJob<'a>, String> {
+    let shared = if fmt.granularity == Granularity::Tensor {
+        Some(weight_quantizer(cal, fmt, w, imp)?)
     } else {
-        Ok(None)
-    }
+        None
+    };
+    Ok(RowJob {
+        cal,
+        fmt,
+        imp,
+        shared,
+    })
 }
 
 fn check_shape(w: &[f32], rows: usize, cols: usize, imp: Option<&[f32]>) -> Result<(), String> {
@@ -202,7 +208,7 @@ pub fn quantize(
     imp: Option<&[f32]>,
 ) -> Result<IntQuantized, String> {
     check_shape(w, rows, cols, imp)?;
-    let shared = tensor_quantizer(w, fmt, cal, imp)?;
+    let job = row_job(w, fmt, cal, imp)?;
     let row_bytes = packed_len(cols, fmt.bits);
     let mut packed = vec![0u8; rows * row_bytes];
     let per_row: Vec<Vec<Quantizer>> = packed
@@ -210,12 +216,12 @@ pub fn quantize(
         .zip(w.par_chunks(cols))
         .map(|(out, row)| {
             let mut codes = vec![0u8; cols];
-            let qs = row_work(cal, fmt, row, imp, shared, RowOut::Codes(&mut codes))?;
+            let qs = row_work(job, row, RowOut::Codes(&mut codes))?;
             pack(&codes, fmt.bits, out).map_err(|e| e.to_string())?;
             Ok(qs)
         })
         .collect::<Result<_, String>>()?;
-    let qs: Vec<Quantizer> = match shared {
+    let qs: Vec<Quantizer> = match job.shared {
         Some(q) => vec![q],
         None => per_row.into_iter().flatten().collect(),
     };
@@ -246,13 +252,11 @@ pub fn fake_quantize(
     imp: Option<&[f32]>,
 ) -> Result<Vec<f32>, String> {
     check_shape(w, rows, cols, imp)?;
-    let shared = tensor_quantizer(w, fmt, cal, imp)?;
+    let job = row_job(w, fmt, cal, imp)?;
     let mut out = vec![0f32; w.len()];
     out.par_chunks_mut(cols)
         .zip(w.par_chunks(cols))
-        .try_for_each(|(o, row)| {
-            row_work(cal, fmt, row, imp, shared, RowOut::Values(o)).map(drop)
-        })?;
+        .try_for_each(|(o, row)| row_work(job, row, RowOut::Values(o)).map(drop))?;
     Ok(out)
 }
 
@@ -282,12 +286,15 @@ mod tests {
             for cal in Calibrator::ALL {
                 for imp in [None, Some(imp.as_slice())] {
                     let (mut a, mut b) = (vec![0f32; 1000], vec![0f32; 1000]);
-                    let qa =
-                        row_work_body(cal, fmt, &row, imp, None, RowOut::Values(&mut a)).unwrap();
+                    let job = RowJob {
+                        cal,
+                        fmt,
+                        imp,
+                        shared: None,
+                    };
+                    let qa = row_work_body(job, &row, RowOut::Values(&mut a)).unwrap();
                     // SAFETY: features detected above.
-                    let qb =
-                        unsafe { row_work_avx2(cal, fmt, &row, imp, None, RowOut::Values(&mut b)) }
-                            .unwrap();
+                    let qb = unsafe { row_work_avx2(job, &row, RowOut::Values(&mut b)) }.unwrap();
                     assert_eq!(qa, qb, "{fmt:?} {cal}");
                     assert_eq!(
                         a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

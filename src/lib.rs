@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod quant;
 pub mod report;

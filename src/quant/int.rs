@@ -161,13 +161,17 @@ fn row_work(job: RowJob<'_>, row: &[f32], out: RowOut<'_>) -> Result<Vec<Quantiz
     row_work_body(job, row, out)
 }
 
-/// The job for `w`: for per-tensor granularity, with the one quantizer calibrated on all of it.
+/// Checks the shapes, then builds the job for `w`: for per-tensor granularity with the one
+/// quantizer calibrated on all of it.
 fn row_job<'a>(
     w: &[f32],
+    rows: usize,
+    cols: usize,
     fmt: IntFormat,
     cal: Calibrator,
     imp: Option<&'a [f32]>,
 ) -> Result<RowJob<'a>, String> {
+    check_shape(w, rows, cols, imp)?;
     let shared = if fmt.granularity == Granularity::Tensor {
         Some(weight_quantizer(cal, fmt, w, imp)?)
     } else {
@@ -207,8 +211,7 @@ pub fn quantize(
     cal: Calibrator,
     imp: Option<&[f32]>,
 ) -> Result<IntQuantized, String> {
-    check_shape(w, rows, cols, imp)?;
-    let job = row_job(w, fmt, cal, imp)?;
+    let job = row_job(w, rows, cols, fmt, cal, imp)?;
     let row_bytes = packed_len(cols, fmt.bits);
     let mut packed = vec![0u8; rows * row_bytes];
     let per_row: Vec<Vec<Quantizer>> = packed
@@ -251,8 +254,7 @@ pub fn fake_quantize(
     cal: Calibrator,
     imp: Option<&[f32]>,
 ) -> Result<Vec<f32>, String> {
-    check_shape(w, rows, cols, imp)?;
-    let job = row_job(w, fmt, cal, imp)?;
+    let job = row_job(w, rows, cols, fmt, cal, imp)?;
     let mut out = vec![0f32; w.len()];
     out.par_chunks_mut(cols)
         .zip(w.par_chunks(cols))

@@ -29,6 +29,14 @@ pub enum Error {
         /// What is unsupported and what is supported instead.
         message: String,
     },
+    /// A tensor operation of a forward pass failed (inconsistent model or a bug), with context.
+    #[error("{context}: {}", candle_message(source))]
+    Compute {
+        /// What was being computed (the model file, the layer).
+        context: String,
+        /// candle's error.
+        source: candle_core::Error,
+    },
 }
 
 impl Error {
@@ -54,6 +62,26 @@ impl Error {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+impl Error {
+    /// A closure turning a candle error into a `Compute` error with `context` (for `map_err`).
+    pub fn compute(context: impl Into<String>) -> impl FnOnce(candle_core::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Compute { context, source }
+    }
+}
+
+/// candle's message on one line, without the backtrace candle attaches when RUST_BACKTRACE is
+/// set (a user-facing error is one line, never a backtrace).
+pub fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_message(inner))
+        }
+        other => other.to_string().lines().collect::<Vec<_>>().join(" "),
     }
 }
 

@@ -72,7 +72,11 @@ impl TensorView<'_> {
         candle_core::Tensor::from_raw_buffer(self.bytes, dtype, self.shape, device).map_err(|e| {
             Error::invalid(
                 self.file,
-                format!("tensor '{}': cannot build a candle tensor: {e}", self.name),
+                format!(
+                    "tensor '{}': cannot build a candle tensor: {}",
+                    self.name,
+                    crate::error::candle_message(&e)
+                ),
             )
         })
     }

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::Dtype;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub struct LazyTensor<'a> {
     dtype: Dtype,
     shape: Vec<usize>,
-    produce: Box<dyn Fn() -> Vec<u8> + Send + Sync + 'a>,
+    produce: Box<dyn Fn() -> Result<Vec<u8>> + Send + Sync + 'a>,
 }
 
 impl<'a> LazyTensor<'a> {
@@ -32,7 +32,7 @@ impl<'a> LazyTensor<'a> {
         LazyTensor {
             dtype,
             shape,
-            produce: Box::new(produce),
+            produce: Box::new(move || Ok(produce())),
         }
     }
 
@@ -41,6 +41,21 @@ impl<'a> LazyTensor<'a> {
         Self::new(Dtype::F32, shape, move || {
             produce().iter().flat_map(|v| v.to_le_bytes()).collect()
         })
+    }
+
+    /// An f32 tensor whose values `produce` computes on demand and may fail to (a corrupt source);
+    /// the error aborts the write and leaves no file behind.
+    pub fn try_f32(
+        shape: Vec<usize>,
+        produce: impl Fn() -> Result<Vec<f32>> + Send + Sync + 'a,
+    ) -> Self {
+        LazyTensor {
+            dtype: Dtype::F32,
+            shape,
+            produce: Box::new(move || {
+                Ok(produce()?.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }),
+        }
     }
 
     fn byte_len(&self) -> usize {
@@ -57,6 +72,42 @@ impl Drop for TempGuard {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// The hidden temp file beside `path` that a write goes to before the rename.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Creates `path` atomically: `write` fills a fresh temp file beside it (through a buffer), which
+/// is fsynced and renamed over `path`; on any error the temp file is removed and `path` untouched.
+fn atomically(path: &Path, write: impl FnOnce(&mut dyn Write, &Path) -> Result<()>) -> Result<()> {
+    let tmp = temp_path(path);
+    let mut guard = TempGuard(Some(tmp.clone()));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(Error::io(&tmp))?;
+    let mut out = BufWriter::with_capacity(1 << 20, &file);
+    write(&mut out, &tmp)?;
+    out.flush().map_err(Error::io(&tmp))?;
+    drop(out);
+    file.sync_all().map_err(Error::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(Error::io(path))?;
+    guard.0 = None;
+    Ok(())
+}
+
+/// Writes a small file (config, report) atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomically(path, |out, tmp| {
+        out.write_all(bytes).map_err(Error::io(tmp))
+    })
 }
 
 /// Writes `tensors` (and string `metadata`) to `path` atomically.
@@ -89,41 +140,26 @@ pub fn write_safetensors(
     let mut header = header.into_bytes();
     header.resize(header.len().next_multiple_of(8), b' ');
 
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let mut guard = TempGuard(Some(tmp.clone()));
-    let io = Error::io(&tmp);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(Error::io(&tmp))?;
-    let mut out = BufWriter::with_capacity(1 << 20, &file);
-    let written: std::io::Result<()> = (|| {
-        out.write_all(&(header.len() as u64).to_le_bytes())?;
-        out.write_all(&header)?;
-        for (_, t) in &order {
-            let bytes = (t.produce)();
+    atomically(path, |out, tmp| {
+        out.write_all(&(header.len() as u64).to_le_bytes())
+            .and_then(|()| out.write_all(&header))
+            .map_err(Error::io(tmp))?;
+        for (name, t) in &order {
+            let bytes = (t.produce)()?;
             if bytes.len() != t.byte_len() {
-                return Err(std::io::Error::other(format!(
-                    "tensor produced {} bytes, expected {}",
-                    bytes.len(),
-                    t.byte_len()
-                )));
+                return Err(Error::invalid(
+                    path,
+                    format!(
+                        "tensor '{name}' produced {} bytes, expected {}",
+                        bytes.len(),
+                        t.byte_len()
+                    ),
+                ));
             }
-            out.write_all(&bytes)?;
+            out.write_all(&bytes).map_err(Error::io(tmp))?;
         }
-        out.flush()?;
-        File::sync_all(&file)
-    })();
-    drop(out);
-    written.map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(Error::io(path))?;
-    guard.0 = None;
-    Ok(())
+        Ok(())
+    })
 }
 
 #[cfg(test)]

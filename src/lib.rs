@@ -4,8 +4,10 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod data;
 pub mod error;
 pub mod eval;
+pub mod import;
 pub mod model;
 pub mod quant;
 pub mod report;

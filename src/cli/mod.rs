@@ -3,6 +3,7 @@
 //! Subcommands write their results to the writer they are given (stdout in the binary) and
 //! progress or timing to stderr; errors go back to `main`, which prints one line and exits 2.
 
+pub mod import;
 pub mod inspect;
 
 use crate::error::{Error, Result};
@@ -24,12 +25,15 @@ pub struct Cli {
 pub enum Command {
     /// Architecture, parameters, dtypes, the matmul weights quantization acts on, and statistics.
     Inspect(inspect::Args),
+    /// Convert a GGUF model (llama/qwen2) to F32 safetensors, config.json and tokenizer.json.
+    Import(import::Args),
 }
 
 /// Runs the parsed command, writing results to `out`; returns the process exit code.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<i32> {
     match cli.command {
         Command::Inspect(args) => inspect::run(&args, out),
+        Command::Import(args) => import::run(&args, out),
     }
 }
 

@@ -1,5 +1,67 @@
-//! Model architectures: detection, the weights quantization acts on, and (later) forward passes.
+//! Model architectures: detection, the weights quantization acts on, and our own forward passes
+//! (Llama family, BERT encoders) in candle with every matmul weight behind a [`QLinear`].
 
 pub mod arch;
+pub mod bert;
+pub mod llama;
+pub mod qlinear;
+pub mod weights;
 
 pub use arch::{Architecture, DetectedFrom, Family, MatmulWeight};
+pub use qlinear::{ActivationObserver, QLinear, Recorder, WeightSource};
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+
+/// A loaded model of a supported family.
+pub enum Model {
+    /// Decoder-only causal LM.
+    Llama(llama::Llama),
+    /// Encoder producing sentence embeddings.
+    Bert(bert::Bert),
+}
+
+impl Model {
+    /// Detects the architecture of `checkpoint` and loads it; an unsupported architecture is an
+    /// error naming it and what is supported.
+    pub fn load(checkpoint: &Checkpoint) -> Result<Model> {
+        let found = arch::detect(checkpoint);
+        match found.family {
+            Some(Family::Llama) => llama::Llama::load(checkpoint).map(Model::Llama),
+            Some(Family::Bert) => bert::Bert::load(checkpoint).map(Model::Bert),
+            None => {
+                let path = weights::config_path(checkpoint);
+                let path = if path.is_file() {
+                    path
+                } else {
+                    checkpoint.dir().to_path_buf()
+                };
+                Err(Error::unsupported(
+                    &path,
+                    format!(
+                        "architecture '{}' is not supported (supported: Llama family: \
+                         LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, SmolLM2; \
+                         BERT encoders: BertModel)",
+                        found.name
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The model's family.
+    pub fn family(&self) -> Family {
+        match self {
+            Model::Llama(_) => Family::Llama,
+            Model::Bert(_) => Family::Bert,
+        }
+    }
+
+    /// Every quantizable matmul, in forward order.
+    pub fn linears(&self) -> Vec<&QLinear> {
+        match self {
+            Model::Llama(m) => m.linears(),
+            Model::Bert(m) => m.linears(),
+        }
+    }
+}

@@ -26,3 +26,27 @@ pub fn qpipe(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Path of a model fetched by `scripts/fetch-models.sh` (e.g. "all-minilm-l6-v2"), if present.
+///
+/// Missing models skip the test locally (with a note on stderr) but fail it under CI=true, where
+/// `.ci/run` fetches them first: a test that silently skips in CI would prove nothing.
+pub fn fetched_model(name: &str) -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name);
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{} is missing: run scripts/fetch-models.sh (CI must run it before the tests)",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "skipping: {} not fetched (scripts/fetch-models.sh)",
+        dir.display()
+    );
+    None
+}

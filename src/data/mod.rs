@@ -1,0 +1,61 @@
+//! Token streams: calibration and evaluation text turned into token ids with the model's own
+//! tokenizer, and cut into the fixed-length sequences forward passes run on.
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+/// The tokenizer.json beside `checkpoint`'s weights.
+pub fn tokenizer(checkpoint: &Checkpoint) -> Result<Tokenizer> {
+    let path = checkpoint.tokenizer_path().ok_or_else(|| {
+        Error::invalid(
+            &checkpoint.dir().join("tokenizer.json"),
+            "tokenizer.json is missing; token streams need the model's tokenizer",
+        )
+    })?;
+    Tokenizer::from_file(path)
+        .map_err(|e| Error::invalid(path, format!("not a usable tokenizer: {e}")))
+}
+
+/// Token ids of the UTF-8 text file `path`, without special tokens (the text is a continuous
+/// document, not a prompt). Empty or whitespace-only text is an error.
+pub fn encode_file(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>> {
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::invalid(
+            path,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err(Error::invalid(path, "no text to calibrate or evaluate on"));
+    }
+    let encoding = tokenizer
+        .encode(text, false)
+        .map_err(|e| Error::invalid(path, format!("tokenizer failed: {e}")))?;
+    Ok(encoding.get_ids().to_vec())
+}
+
+/// Consecutive non-overlapping windows of `seq_len` tokens, at most `max_tokens` tokens in all;
+/// a trailing partial window is dropped so every sequence has the same length (one batch).
+pub fn sequences(tokens: &[u32], seq_len: usize, max_tokens: usize) -> Vec<&[u32]> {
+    let usable = tokens.len().min(max_tokens);
+    tokens[..usable].chunks_exact(seq_len.max(1)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_are_full_windows_within_the_budget() {
+        let t: Vec<u32> = (0..10).collect();
+        assert_eq!(
+            sequences(&t, 4, 100),
+            vec![&[0, 1, 2, 3][..], &[4, 5, 6, 7]]
+        );
+        assert_eq!(sequences(&t, 4, 5), vec![&[0, 1, 2, 3][..]]);
+        assert!(sequences(&t, 11, 100).is_empty());
+    }
+}

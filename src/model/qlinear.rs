@@ -1,0 +1,224 @@
+//! `QLinear`: the one place a matmul weight enters a forward pass.
+//!
+//! Every quantizable weight of every model goes through a `QLinear`, so the search can swap what
+//! a layer computes with (float, fake-quantized, later packed) on a built model, and calibration
+//! can watch what flows into it, without the model code knowing about either.
+
+use crate::quant::Format;
+use candle_core::{Module, Tensor};
+use std::sync::{Arc, RwLock};
+
+/// What a [`QLinear`] currently multiplies by.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightSource {
+    /// The checkpoint's own weights (converted to f32).
+    Float,
+    /// Quantize-then-dequantize values of `format`; the tensor holds them.
+    Fake(Format),
+}
+
+/// Receives the input of a [`QLinear`] on every forward pass while installed.
+pub trait ActivationObserver: Send + Sync {
+    /// `input` is the layer's input flattened to `[tokens, in_features]`, f32.
+    fn observe(&self, linear: &str, input: &Tensor) -> candle_core::Result<()>;
+}
+
+/// A linear layer `y = x W^T + b` whose weight can be swapped and whose input can be observed.
+pub struct QLinear {
+    name: String,
+    float: Tensor,
+    bias: Option<Tensor>,
+    active: RwLock<(WeightSource, Tensor)>,
+    observer: RwLock<Option<Arc<dyn ActivationObserver>>>,
+}
+
+impl QLinear {
+    /// Wraps an f32 `[out, in]` weight named `name` (its checkpoint tensor name).
+    pub fn new(name: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> Self {
+        QLinear {
+            name: name.into(),
+            active: RwLock::new((WeightSource::Float, weight.clone())),
+            float: weight,
+            bias,
+            observer: RwLock::new(None),
+        }
+    }
+
+    /// The checkpoint name of the weight (e.g. `model.layers.0.self_attn.q_proj.weight`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `(out_features, in_features)`.
+    pub fn shape(&self) -> (usize, usize) {
+        let d = self.float.dims();
+        (d[0], d[1])
+    }
+
+    /// The original float weight.
+    pub fn float_weight(&self) -> &Tensor {
+        &self.float
+    }
+
+    /// What the layer currently computes with.
+    pub fn source(&self) -> WeightSource {
+        self.read_active().0.clone()
+    }
+
+    /// Makes the layer compute with `weight` (same shape as the float weight), labelled `source`.
+    pub fn set_weight(&self, source: WeightSource, weight: Tensor) -> candle_core::Result<()> {
+        if weight.dims() != self.float.dims() {
+            candle_core::bail!(
+                "{}: replacement weight has shape {:?}, expected {:?}",
+                self.name,
+                weight.dims(),
+                self.float.dims()
+            );
+        }
+        let weight = weight.to_dtype(candle_core::DType::F32)?;
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = (source, weight);
+        Ok(())
+    }
+
+    /// Back to the float weight.
+    pub fn reset(&self) {
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) =
+            (WeightSource::Float, self.float.clone());
+    }
+
+    /// Installs (or with `None` removes) an observer of this layer's inputs.
+    pub fn set_observer(&self, observer: Option<Arc<dyn ActivationObserver>>) {
+        *self.observer.write().unwrap_or_else(|e| e.into_inner()) = observer;
+    }
+
+    fn read_active(&self) -> std::sync::RwLockReadGuard<'_, (WeightSource, Tensor)> {
+        self.active.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Module for QLinear {
+    /// `x` is `[..., in]`; the matmul runs on the flattened `[tokens, in]` view.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims();
+        let (out, inp) = self.shape();
+        let (last, lead) = dims
+            .split_last()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: scalar input", self.name)))?;
+        if *last != inp {
+            candle_core::bail!("{}: input has {last} features, weight has {inp}", self.name);
+        }
+        let x2 = x.reshape((lead.iter().product::<usize>(), inp))?;
+        if let Some(obs) = self
+            .observer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            obs.observe(&self.name, &x2)?;
+        }
+        let w = self.read_active().1.clone();
+        let mut y = x2.matmul(&w.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        let mut shape = lead.to_vec();
+        shape.push(out);
+        y.reshape(shape)
+    }
+}
+
+/// An observer that keeps every input it sees, per layer, in order (for tests and small runs).
+#[derive(Default)]
+pub struct Recorder {
+    seen: std::sync::Mutex<Vec<(String, Tensor)>>,
+}
+
+impl Recorder {
+    /// The recorded `(layer name, input)` pairs, in the order the forward pass produced them.
+    pub fn take(&self) -> Vec<(String, Tensor)> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl ActivationObserver for Recorder {
+    fn observe(&self, linear: &str, input: &Tensor) -> candle_core::Result<()> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((linear.to_string(), input.clone()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn layer() -> QLinear {
+        let w = Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[0.5f32, -1.], &Device::Cpu).unwrap();
+        QLinear::new("l.weight", w, Some(b))
+    }
+
+    #[test]
+    fn computes_x_wt_plus_b_on_any_leading_shape() {
+        let l = layer();
+        let x = Tensor::new(&[[[1f32, 0., -1.], [2., 1., 0.]]], &Device::Cpu).unwrap();
+        let y = l.forward(&x).unwrap();
+        assert_eq!(y.dims(), &[1, 2, 2]);
+        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(v, vec![-1.5, -3., 4.5, 12.]);
+    }
+
+    #[test]
+    fn swapping_the_weight_changes_the_output_and_reset_restores_it() {
+        let l = layer();
+        let x = Tensor::new(&[[1f32, 1., 1.]], &Device::Cpu).unwrap();
+        let before: Vec<f32> = l
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let zeros = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let fmt: Format = "int8-channel-sym".parse().unwrap();
+        l.set_weight(WeightSource::Fake(fmt), zeros).unwrap();
+        assert_eq!(l.source(), WeightSource::Fake(fmt));
+        let swapped: Vec<f32> = l
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(swapped, vec![0.5, -1.]);
+        l.reset();
+        let after: Vec<f32> = l
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(before, after);
+        let bad = Tensor::zeros((3, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(l.set_weight(WeightSource::Float, bad).is_err());
+    }
+
+    #[test]
+    fn observer_sees_the_flattened_input() {
+        let l = layer();
+        let rec = Arc::new(Recorder::default());
+        l.set_observer(Some(rec.clone()));
+        let x = Tensor::ones((2, 4, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        l.forward(&x).unwrap();
+        l.set_observer(None);
+        l.forward(&x).unwrap();
+        let seen = rec.take();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].0, "l.weight");
+        assert_eq!(seen[0].1.dims(), &[8, 3]);
+    }
+}

@@ -1,0 +1,85 @@
+//! Loading a model's tensors from a checkpoint as f32 candle tensors, with shape checks that name
+//! the file and tensor, and model configs from config.json.
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::model::qlinear::QLinear;
+use candle_core::{DType, Device, Tensor};
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+
+/// A checkpoint seen as a source of f32 tensors for model construction.
+pub struct Weights<'a> {
+    checkpoint: &'a Checkpoint,
+    device: Device,
+}
+
+impl<'a> Weights<'a> {
+    /// Tensors of `checkpoint`, materialised on the CPU.
+    pub fn new(checkpoint: &'a Checkpoint) -> Self {
+        Weights {
+            checkpoint,
+            device: Device::Cpu,
+        }
+    }
+
+    /// The checkpoint read from.
+    pub fn checkpoint(&self) -> &'a Checkpoint {
+        self.checkpoint
+    }
+
+    /// Whether a tensor called `name` exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.checkpoint.get(name).is_some()
+    }
+
+    /// Tensor `name` as f32 with exactly `shape`; an error names the file and what differs.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let view = self.checkpoint.tensor(name)?;
+        if view.shape != shape {
+            return Err(Error::invalid(
+                view.file,
+                format!(
+                    "tensor '{name}' has shape {:?}, the config implies {shape:?}",
+                    view.shape
+                ),
+            ));
+        }
+        let t = view.to_candle(&self.device)?;
+        t.to_dtype(DType::F32)
+            .map_err(Error::compute(format!("{}: '{name}'", view.file.display())))
+    }
+
+    /// A [`QLinear`] from `{prefix}.weight` `[out, in]` and, if present, `{prefix}.bias` `[out]`.
+    pub fn linear(&self, prefix: &str, out: usize, inp: usize) -> Result<QLinear> {
+        let name = format!("{prefix}.weight");
+        let weight = self.tensor(&name, &[out, inp])?;
+        let bias_name = format!("{prefix}.bias");
+        let bias = if self.has(&bias_name) {
+            Some(self.tensor(&bias_name, &[out])?)
+        } else {
+            None
+        };
+        Ok(QLinear::new(name, weight, bias))
+    }
+}
+
+/// config.json of `checkpoint` parsed as `T`, or an error naming the file and the bad field.
+pub fn config<T: DeserializeOwned>(checkpoint: &Checkpoint) -> Result<T> {
+    let path = config_path(checkpoint);
+    let value = checkpoint
+        .config()
+        .ok_or_else(|| Error::invalid(&path, "config.json is missing; a forward pass needs it"))?;
+    serde_json::from_value(value.clone())
+        .map_err(|e| Error::invalid(&path, format!("unusable config: {e}")))
+}
+
+/// Where config.json of `checkpoint` is (or would be).
+pub fn config_path(checkpoint: &Checkpoint) -> PathBuf {
+    checkpoint.dir().join("config.json")
+}
+
+/// An error for a config value that cannot work, naming config.json.
+pub fn bad_config(checkpoint: &Checkpoint, message: impl Into<String>) -> Error {
+    Error::invalid(Path::new(&config_path(checkpoint)), message)
+}

@@ -123,16 +123,7 @@ fn minilm_matches_candle_transformers_and_qlinear_hooks_work() {
     // The reference: candle-transformers' BertModel on the same file.
     let config: Config =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    // SAFETY: the model file is not modified while mapped.
-    let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(
-            &[dir.join("model.safetensors")],
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap()
-    };
-    let reference = BertModel::load(vb, &config).unwrap();
+    let reference = BertModel::load(common::reference_weights(&dir), &config).unwrap();
 
     let ours = embed_all(&bert, &batches);
     let theirs: Vec<Vec<f32>> = batches

@@ -3,11 +3,9 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::eval::metrics::perplexity;
 use qpipe::model::llama::{sequence_logits, Llama};
-use qpipe::model::WeightSource;
 use std::path::Path;
 
 fn eval_tokens(dir: &Path, n: usize) -> Vec<u32> {
@@ -17,35 +15,6 @@ fn eval_tokens(dir: &Path, n: usize) -> Vec<u32> {
     let ids =
         qpipe::data::encode_file(&tok, &root.join("calibration-data/moby-dick-eval.txt")).unwrap();
     ids[..n].to_vec()
-}
-
-/// Last-position logits of candle-transformers' llama (it returns only those).
-fn reference_last_logits(dir: &Path, tokens: &[u32]) -> Vec<f32> {
-    use candle_transformers::models::llama as reference;
-    let cfg: reference::LlamaConfig =
-        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
-    let cfg = cfg.into_config(false);
-    let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(
-            &[dir.join("model.safetensors")],
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap()
-    };
-    let model = reference::Llama::load(vb, &cfg).unwrap();
-    let mut cache = reference::Cache::new(false, DType::F32, &cfg, &Device::Cpu).unwrap();
-    let ids = Tensor::new(tokens, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    model
-        .forward(&ids, 0, &mut cache)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 #[test]
@@ -61,19 +30,11 @@ fn smollm2_logits_equal_candle_transformers() {
         let ids = &tokens[..len];
         let logits = sequence_logits(&ours, ids).unwrap();
         let last = &logits[(len - 1) * vocab..];
-        let reference = reference_last_logits(&dir, ids);
+        let reference = common::reference_llama_last_logits(&dir, ids);
         assert_eq!(reference.len(), vocab);
-        let max_diff = last
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        let max_logit = reference.iter().map(|v| v.abs()).fold(0f32, f32::max);
-        eprintln!("len {len}: max |diff| {max_diff:.3e}, max |logit| {max_logit:.2}");
-        assert!(
-            max_diff / max_logit <= 1e-4,
-            "len {len}: max |diff| {max_diff} vs max |logit| {max_logit}"
-        );
+        let rel = common::relative_max_diff(last, &reference);
+        eprintln!("len {len}: max |diff| / max |logit| = {rel:.2e}");
+        assert!(rel <= 1e-4, "len {len}: relative max diff {rel}");
     }
 }
 
@@ -100,25 +61,13 @@ fn swapping_a_weight_changes_logits_and_reset_restores_them_exactly() {
     let tokens = eval_tokens(&dir, 32);
     let before = sequence_logits(&model, &tokens).unwrap();
     let layer = model.linears()[6 * 7 + 6]; // layer 6 down_proj
-    let (rows, cols) = layer.shape();
-    let w: Vec<f32> = layer
-        .float_weight()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
+    layer
+        .fake_quantize(
+            "int2-tensor-sym".parse().unwrap(),
+            qpipe::quant::Calibrator::MinMax,
+            None,
+        )
         .unwrap();
-    let format = "int2-tensor-sym".parse().unwrap();
-    let fake = qpipe::quant::fake_quantize(
-        &w,
-        rows,
-        cols,
-        format,
-        qpipe::quant::Calibrator::MinMax,
-        None,
-    )
-    .unwrap();
-    let fake = Tensor::from_vec(fake, (rows, cols), &Device::Cpu).unwrap();
-    layer.set_weight(WeightSource::Fake(format), fake).unwrap();
     let swapped = sequence_logits(&model, &tokens).unwrap();
     let moved = before
         .iter()

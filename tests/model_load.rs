@@ -4,36 +4,11 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
 use common::synthetic::{write_llama, LlamaSpec};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::model::llama::{sequence_logits, Llama};
 use qpipe::model::Model;
 use safetensors::Dtype;
-use std::path::Path;
-
-fn reference_last_logits(dir: &Path, tokens: &[u32]) -> Vec<f32> {
-    use candle_transformers::models::llama as reference;
-    let cfg: reference::LlamaConfig =
-        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
-    let cfg = cfg.into_config(false);
-    let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(
-            &[dir.join("model.safetensors")],
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap()
-    };
-    let model = reference::Llama::load(vb, &cfg).unwrap();
-    let mut cache = reference::Cache::new(false, DType::F32, &cfg, &Device::Cpu).unwrap();
-    let ids = Tensor::new(tokens, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits = model.forward(&ids, 0, &mut cache).unwrap();
-    logits.flatten_all().unwrap().to_vec1().unwrap()
-}
 
 #[test]
 fn synthetic_llamas_match_candle_transformers() {
@@ -54,16 +29,11 @@ fn synthetic_llamas_match_candle_transformers() {
         assert_eq!(model.linears().len(), spec.layers * 7 + usize::from(!tied));
         let ours = sequence_logits(&model, &tokens).unwrap();
         let last = &ours[(tokens.len() - 1) * spec.vocab..];
-        let reference = reference_last_logits(dir.path(), &tokens);
-        let max_diff = last
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        let max_logit = reference.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        let reference = common::reference_llama_last_logits(dir.path(), &tokens);
+        let rel = common::relative_max_diff(last, &reference);
         assert!(
-            max_diff <= 1e-4 * max_logit,
-            "tied {tied} {dtype:?}: max diff {max_diff}, max logit {max_logit}"
+            rel <= 1e-4,
+            "tied {tied} {dtype:?}: relative max diff {rel}"
         );
     }
 }

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
-/// The tokenizer.json beside `checkpoint`'s weights.
+/// The tokenizer.json beside `checkpoint`'s weights, with its truncation and padding removed.
 pub fn tokenizer(checkpoint: &Checkpoint) -> Result<Tokenizer> {
     let path = checkpoint.tokenizer_path().ok_or_else(|| {
         Error::invalid(
@@ -14,8 +14,15 @@ pub fn tokenizer(checkpoint: &Checkpoint) -> Result<Tokenizer> {
             "tokenizer.json is missing; token streams need the model's tokenizer",
         )
     })?;
-    Tokenizer::from_file(path)
-        .map_err(|e| Error::invalid(path, format!("not a usable tokenizer: {e}")))
+    let mut tokenizer = Tokenizer::from_file(path)
+        .map_err(|e| Error::invalid(path, format!("not a usable tokenizer: {e}")))?;
+    // Token streams are cut into sequences here; a tokenizer.json's own truncation (MiniLM's
+    // truncates to 128 tokens) or fixed padding would silently drop or pad the text.
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| Error::invalid(path, format!("cannot disable truncation: {e}")))?;
+    tokenizer.with_padding(None);
+    Ok(tokenizer)
 }
 
 /// Token ids of the UTF-8 text file `path`, without special tokens (the text is a continuous
@@ -47,6 +54,40 @@ pub fn sequences(tokens: &[u32], seq_len: usize, max_tokens: usize) -> Vec<&[u32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_truncating_padding_tokenizer_json_does_not_cut_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let vocab: Vec<(String, f64)> = vec![("<unk>".into(), 0.0), ("a".into(), -1.0)];
+        let json = serde_json::json!({
+            "version": "1.0",
+            "truncation": {"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 0},
+            "padding": {"strategy": {"Fixed": 8}, "direction": "Right", "pad_to_multiple_of": null,
+                        "pad_id": 0, "pad_type_id": 0, "pad_token": "<unk>"},
+            "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null, "decoder": null,
+            "model": {"type": "Unigram", "unk_id": 0, "vocab": vocab, "byte_fallback": false}
+        });
+        std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+        let raw = Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+        assert_eq!(raw.encode("a a a", false).unwrap().get_ids().len(), 8);
+        let weights = vec![(
+            "w".to_string(),
+            crate::checkpoint::write::LazyTensor::f32(vec![1], || vec![0.0]),
+        )];
+        crate::checkpoint::write::write_safetensors(
+            &dir.path().join("model.safetensors"),
+            &weights,
+            None,
+        )
+        .unwrap();
+        let checkpoint = Checkpoint::open(dir.path()).unwrap();
+        let tokenizer = tokenizer(&checkpoint).unwrap();
+        let text = dir.path().join("t.txt");
+        std::fs::write(&text, "a a a").unwrap();
+        assert_eq!(encode_file(&tokenizer, &text).unwrap(), vec![1, 1, 1]);
+    }
 
     #[test]
     fn sequences_are_full_windows_within_the_budget() {

@@ -4,7 +4,8 @@
 //! a layer computes with (float, fake-quantized, later packed) on a built model, and calibration
 //! can watch what flows into it, without the model code knowing about either.
 
-use crate::quant::Format;
+use crate::error::{Error, Result};
+use crate::quant::{Calibrator, Format};
 use candle_core::{Module, Tensor};
 use std::sync::{Arc, RwLock};
 
@@ -78,6 +79,29 @@ impl QLinear {
         let weight = weight.to_dtype(candle_core::DType::F32)?;
         *self.active.write().unwrap_or_else(|e| e.into_inner()) = (source, weight);
         Ok(())
+    }
+
+    /// Makes the layer compute with its float weight stored in `format` and read back
+    /// (calibrated by `cal`, optionally weighted by a per-input-channel `importance`).
+    pub fn fake_quantize(
+        &self,
+        format: Format,
+        cal: Calibrator,
+        importance: Option<&[f32]>,
+    ) -> Result<()> {
+        let (rows, cols) = self.shape();
+        let context = || format!("{}: {format}", self.name);
+        let w: Vec<f32> = self
+            .float
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(Error::compute(context()))?;
+        let fake = crate::quant::fake_quantize(&w, rows, cols, format, cal, importance)
+            .map_err(|m| Error::unsupported(std::path::Path::new(&self.name), m))?;
+        let t = Tensor::from_vec(fake, (rows, cols), self.float.device())
+            .map_err(Error::compute(context()))?;
+        self.set_weight(WeightSource::Fake(format), t)
+            .map_err(Error::compute(context()))
     }
 
     /// Back to the float weight.

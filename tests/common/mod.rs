@@ -50,3 +50,46 @@ pub fn fetched_model(name: &str) -> Option<std::path::PathBuf> {
     );
     None
 }
+
+/// Last-position logits of candle-transformers' llama (it returns only those) for the HF
+/// checkpoint in `dir`: the independent reference our Llama is tested against.
+pub fn reference_llama_last_logits(dir: &std::path::Path, tokens: &[u32]) -> Vec<f32> {
+    use candle_core::{DType, Device, Tensor};
+    use candle_transformers::models::llama as reference;
+    let cfg: reference::LlamaConfig =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let cfg = cfg.into_config(false);
+    let model = reference::Llama::load(reference_weights(dir), &cfg).unwrap();
+    let mut cache = reference::Cache::new(false, DType::F32, &cfg, &Device::Cpu).unwrap();
+    let ids = Tensor::new(tokens, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = model.forward(&ids, 0, &mut cache).unwrap();
+    logits.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// max |a - b| / max |b|: the relative logit error the reference tests bound.
+pub fn relative_max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    diff / b.iter().map(|v| v.abs()).fold(0f32, f32::max)
+}
+
+/// candle-nn's own loader over `dir/model.safetensors` (F32), for the candle-transformers
+/// reference models.
+pub fn reference_weights(dir: &std::path::Path) -> candle_nn::VarBuilder<'static> {
+    // SAFETY: the model file is not modified while mapped.
+    unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    }
+}

@@ -11,6 +11,7 @@ use crate::model::weights::{self, Weights};
 use candle_core::{DType, Device, Module, Tensor};
 use serde::Deserialize;
 use std::ops::Range;
+use std::path::Path;
 
 /// The config.json fields a Llama-family forward pass needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -98,7 +99,7 @@ impl LlamaConfig {
     }
 
     /// Checks that the numbers describe a model we can run; the message names the field.
-    fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), String> {
         let (h, kv) = (self.num_attention_heads, self.kv_heads());
         if h == 0 || kv == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 {
             return Err("hidden_size, heads and layers must be positive".into());
@@ -198,6 +199,9 @@ pub struct Llama {
     norm: Tensor,
     /// `None` when the head is tied to the embedding (then it stays float, as the embedding).
     lm_head: Option<QLinear>,
+    /// Use differentiable (slower) norm, softmax and RoPE ops; candle-nn's fused kernels have
+    /// no backward pass. Only training needs this.
+    differentiable: bool,
 }
 
 impl Llama {
@@ -207,7 +211,14 @@ impl Llama {
         config
             .validate()
             .map_err(|m| weights::bad_config(checkpoint, m))?;
-        let w = Weights::new(checkpoint);
+        Llama::build(config, &Weights::new(checkpoint))
+    }
+
+    /// Builds the model for `config` (already validated) from the tensors of `w`.
+    pub fn build(config: LlamaConfig, w: &Weights) -> Result<Llama> {
+        config
+            .validate()
+            .map_err(|m| Error::invalid(Path::new("config"), m))?;
         let (hidden, inter) = (config.hidden_size, config.intermediate_size);
         let (q_out, kv_out) = (
             config.num_attention_heads * config.head_dim(),
@@ -244,7 +255,14 @@ impl Llama {
             layers,
             norm,
             lm_head,
+            differentiable: false,
         })
+    }
+
+    /// Switches to ops with a backward pass (for training); results agree to rounding.
+    pub fn differentiable(mut self) -> Self {
+        self.differentiable = true;
+        self
     }
 
     /// The parsed config.
@@ -296,7 +314,7 @@ impl Llama {
 
     /// Final norm and LM head: logits `[batch, seq, vocab]`.
     pub fn logits(&self, h: &Tensor) -> candle_core::Result<Tensor> {
-        let h = rms_norm(h, &self.norm, self.config.rms_norm_eps)?;
+        let h = self.rms_norm(h, &self.norm)?;
         match &self.lm_head {
             Some(head) => head.forward(&h),
             None => {
@@ -307,6 +325,15 @@ impl Llama {
                     self.config.vocab_size,
                 ))
             }
+        }
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+        let eps = self.config.rms_norm_eps as f32;
+        if self.differentiable {
+            candle_nn::ops::rms_norm_slow(x, weight, eps)
+        } else {
+            candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps)
         }
     }
 
@@ -341,29 +368,37 @@ impl Llama {
         let (b, t, _) = x.dims3()?;
         let (heads, kv_heads, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
 
-        let n = rms_norm(x, &l.input_norm, c.rms_norm_eps)?;
+        let n = self.rms_norm(x, &l.input_norm)?;
         let split = |y: Tensor, nh: usize| -> candle_core::Result<Tensor> {
             y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()
         };
         let q = split(l.q.forward(&n)?, heads)?;
         let k = split(l.k.forward(&n)?, kv_heads)?;
         let v = split(l.v.forward(&n)?, kv_heads)?;
-        let q = candle_nn::rotary_emb::rope(&q, &pos.cos, &pos.sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, &pos.cos, &pos.sin)?;
+        let rope = if self.differentiable {
+            candle_nn::rotary_emb::rope_slow
+        } else {
+            candle_nn::rotary_emb::rope
+        };
+        let (q, k) = (rope(&q, &pos.cos, &pos.sin)?, rope(&k, &pos.cos, &pos.sin)?);
         let (k, v) = (
             repeat_kv(k, heads / kv_heads)?,
             repeat_kv(v, heads / kv_heads)?,
         );
 
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&pos.mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = if self.differentiable {
+            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         let attn = probs
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, heads * hd))?;
         let x = (x + l.o.forward(&attn)?)?;
 
-        let n = rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
+        let n = self.rms_norm(&x, &l.post_norm)?;
         let mlp = (l.gate.forward(&n)?.silu()? * l.up.forward(&n)?)?;
         x + l.down.forward(&mlp)?
     }
@@ -378,10 +413,6 @@ fn repeat_kv(x: Tensor, n: usize) -> candle_core::Result<Tensor> {
     x.unsqueeze(2)?
         .expand((b, kv, n, t, d))?
         .reshape((b, kv * n, t, d))
-}
-
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
 }
 
 /// Logits of `model` for the single sequence `tokens`, flattened row-major `[seq, vocab]`.

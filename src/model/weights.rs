@@ -1,41 +1,60 @@
-//! Loading a model's tensors from a checkpoint as f32 candle tensors, with shape checks that name
-//! the file and tensor, and model configs from config.json.
+//! Where a model's tensors come from when it is built: a checkpoint (f32 candle tensors, shape
+//! checks that name the file and tensor) or an in-memory map (training), and configs from
+//! config.json.
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::model::qlinear::QLinear;
 use candle_core::{DType, Device, Tensor};
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// A checkpoint seen as a source of f32 tensors for model construction.
-pub struct Weights<'a> {
-    checkpoint: &'a Checkpoint,
-    device: Device,
+/// A source of f32 tensors for model construction.
+pub enum Weights<'a> {
+    /// Tensors of a checkpoint, materialised on the CPU.
+    Checkpoint(&'a Checkpoint),
+    /// Tensors already in memory, used as they are (shared, so training updates reach the
+    /// model): the training example builds its model from its variables this way.
+    Memory(&'a HashMap<String, Tensor>),
 }
 
 impl<'a> Weights<'a> {
     /// Tensors of `checkpoint`, materialised on the CPU.
     pub fn new(checkpoint: &'a Checkpoint) -> Self {
-        Weights {
-            checkpoint,
-            device: Device::Cpu,
-        }
-    }
-
-    /// The checkpoint read from.
-    pub fn checkpoint(&self) -> &'a Checkpoint {
-        self.checkpoint
+        Weights::Checkpoint(checkpoint)
     }
 
     /// Whether a tensor called `name` exists.
     pub fn has(&self, name: &str) -> bool {
-        self.checkpoint.get(name).is_some()
+        match self {
+            Weights::Checkpoint(c) => c.get(name).is_some(),
+            Weights::Memory(m) => m.contains_key(name),
+        }
     }
 
     /// Tensor `name` as f32 with exactly `shape`; an error names the file and what differs.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let view = self.checkpoint.tensor(name)?;
+        let checkpoint = match self {
+            Weights::Checkpoint(c) => c,
+            Weights::Memory(m) => {
+                let t = m.get(name).ok_or_else(|| {
+                    Error::invalid(Path::new("<memory>"), format!("no tensor named '{name}'"))
+                })?;
+                if t.dims() != shape || t.dtype() != DType::F32 {
+                    return Err(Error::invalid(
+                        Path::new("<memory>"),
+                        format!(
+                            "tensor '{name}' is {:?} {:?}, expected F32 {shape:?}",
+                            t.dtype(),
+                            t.dims()
+                        ),
+                    ));
+                }
+                return Ok(t.clone());
+            }
+        };
+        let view = checkpoint.tensor(name)?;
         if view.shape != shape {
             return Err(Error::invalid(
                 view.file,
@@ -45,7 +64,7 @@ impl<'a> Weights<'a> {
                 ),
             ));
         }
-        let t = view.to_candle(&self.device)?;
+        let t = view.to_candle(&Device::Cpu)?;
         t.to_dtype(DType::F32)
             .map_err(Error::compute(format!("{}: '{name}'", view.file.display())))
     }

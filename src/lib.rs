@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: checkpoint -> model -> calibration -> sensitivity -> search -> export -> eval.
 
+pub mod calib;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

@@ -1,0 +1,194 @@
+//! Calibration statistics: one pass of the float model over the calibration tokens records, for
+//! every [`QLinear`] input, a 2048-bin histogram, the absmax and the per-input-channel mean of
+//! x² (the importance vector, as llama.cpp's imatrix), and for causal LMs caches the float
+//! model's top-K next-token distribution so later KL measurements need no second float pass.
+//!
+//! Everything is accumulated in a fixed order (sequences in order, one forward at a time), so
+//! the statistics are identical whatever the thread count.
+
+pub mod reference;
+
+use crate::checkpoint::write::write_atomic;
+use crate::error::{Error, Result};
+use crate::model::{ActivationObserver, Model, QLinear};
+use crate::quant::Histogram;
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub use reference::TopK;
+
+/// Version of the statistics file layout.
+const FORMAT_VERSION: u32 = 1;
+
+/// What one linear layer's inputs looked like over the calibration tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearStats {
+    /// Checkpoint name of the layer's weight.
+    pub name: String,
+    /// Input rows (tokens) seen.
+    pub tokens: u64,
+    /// Histogram of every input value.
+    pub histogram: Histogram,
+    /// Per input channel, the sum of x² over the tokens (f64, so order-stable and exact enough).
+    pub sum_sq: Vec<f64>,
+}
+
+impl LinearStats {
+    fn new(name: &str, in_features: usize) -> Self {
+        LinearStats {
+            name: name.to_string(),
+            tokens: 0,
+            histogram: Histogram::new(),
+            sum_sq: vec![0.0; in_features],
+        }
+    }
+
+    /// Largest |x| seen.
+    pub fn absmax(&self) -> f32 {
+        self.histogram.absmax()
+    }
+
+    /// |x| below which a fraction `q` of the inputs lie (from the histogram).
+    pub fn abs_percentile(&self, q: f64) -> f32 {
+        self.histogram.abs_quantile(q)
+    }
+
+    /// Per-input-channel mean of x²: how much each weight column's error is amplified.
+    pub fn importance(&self) -> Vec<f32> {
+        let n = self.tokens.max(1) as f64;
+        self.sum_sq.iter().map(|s| (s / n) as f32).collect()
+    }
+
+    fn add(&mut self, x: &[f32]) {
+        let cols = self.sum_sq.len();
+        self.histogram.add(x);
+        for row in x.chunks_exact(cols) {
+            for (s, &v) in self.sum_sq.iter_mut().zip(row) {
+                *s += f64::from(v) * f64::from(v);
+            }
+        }
+        self.tokens += (x.len() / cols) as u64;
+    }
+}
+
+/// Statistics of a calibration run, saved to and reloaded from a JSON file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// File layout version.
+    pub version: u32,
+    /// Tokens the model was run on.
+    pub tokens: usize,
+    /// Per quantizable linear, in forward order.
+    pub linears: Vec<LinearStats>,
+    /// The float model's top-K next-token distributions (causal LMs only).
+    pub reference: Option<TopK>,
+}
+
+impl Stats {
+    /// The statistics of the layer whose weight is `name`.
+    pub fn linear(&self, name: &str) -> Option<&LinearStats> {
+        self.linears.iter().find(|l| l.name == name)
+    }
+
+    /// Writes the statistics to `path` (atomically).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_vec(self)
+            .map_err(|e| Error::invalid(path, format!("cannot serialise statistics: {e}")))?;
+        write_atomic(path, &text)
+    }
+
+    /// Reads statistics written by [`Stats::save`].
+    pub fn load(path: &Path) -> Result<Stats> {
+        let bytes = std::fs::read(path).map_err(Error::io(path))?;
+        let stats: Stats = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::invalid(path, format!("not a qpipe statistics file: {e}")))?;
+        if stats.version != FORMAT_VERSION {
+            return Err(Error::unsupported(
+                path,
+                format!(
+                    "statistics format version {} (this qpipe reads {FORMAT_VERSION})",
+                    stats.version
+                ),
+            ));
+        }
+        Ok(stats)
+    }
+}
+
+/// Accumulates the inputs of every observed layer.
+struct Collector {
+    by_name: Mutex<BTreeMap<String, LinearStats>>,
+}
+
+impl ActivationObserver for Collector {
+    fn observe(&self, linear: &str, input: &Tensor) -> candle_core::Result<()> {
+        let cols = input.dim(1)?;
+        let values: Vec<f32> = input.flatten_all()?.to_vec1()?;
+        let mut map = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(linear.to_string())
+            .or_insert_with(|| LinearStats::new(linear, cols))
+            .add(&values);
+        Ok(())
+    }
+}
+
+/// Runs the float `model` over `sequences` (each a full window; BERT sees them unpadded) and
+/// returns the statistics of every quantizable layer's inputs, plus the top-`k` reference
+/// distributions for a causal LM.
+pub fn collect(model: &Model, sequences: &[&[u32]], k: usize) -> Result<Stats> {
+    if sequences.is_empty() || sequences.iter().any(|s| s.len() < 2) {
+        return Err(Error::invalid(
+            Path::new("<calibration data>"),
+            "no calibration sequences of at least 2 tokens",
+        ));
+    }
+    let collector = Arc::new(Collector {
+        by_name: Mutex::new(BTreeMap::new()),
+    });
+    let linears = model.linears();
+    let install = |obs: Option<Arc<dyn ActivationObserver>>| {
+        linears
+            .iter()
+            .for_each(|l: &&QLinear| l.set_observer(obs.clone()));
+    };
+    install(Some(collector.clone()));
+    let mut reference = TopK::new(k);
+    let mut run = || -> candle_core::Result<()> {
+        for seq in sequences {
+            let ids = Tensor::new(*seq, &Device::Cpu)?.unsqueeze(0)?;
+            match model {
+                Model::Llama(m) => {
+                    let logits = m.forward(&ids)?.squeeze(0)?;
+                    reference.push(&logits)?;
+                }
+                Model::Bert(m) => {
+                    m.forward(&ids, &ids.ones_like()?)?;
+                }
+            }
+        }
+        Ok(())
+    };
+    let outcome = run();
+    install(None);
+    outcome.map_err(Error::compute("calibration forward pass"))?;
+
+    let mut by_name =
+        std::mem::take(&mut *collector.by_name.lock().unwrap_or_else(|e| e.into_inner()));
+    let linears = linears
+        .iter()
+        .map(|l| {
+            by_name
+                .remove(l.name())
+                .unwrap_or_else(|| LinearStats::new(l.name(), l.shape().1))
+        })
+        .collect();
+    Ok(Stats {
+        version: FORMAT_VERSION,
+        tokens: sequences.iter().map(|s| s.len()).sum(),
+        linears,
+        reference: matches!(model, Model::Llama(_)).then_some(reference),
+    })
+}

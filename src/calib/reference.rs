@@ -114,8 +114,7 @@ mod tests {
     fn logits(seed: u32, n: usize, vocab: usize) -> Vec<f32> {
         (0..n * vocab)
             .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 65536.0)
-                    .sin()
+                (((i as u32 + seed * 7919).wrapping_mul(2654435761) >> 8) as f32 / 65536.0).sin()
                     * 4.0
             })
             .collect()
@@ -144,14 +143,15 @@ mod tests {
                 &q[i * vocab..(i + 1) * vocab],
             );
             assert!(
-                (exact[i] - truth).abs() < 1e-9 * truth.max(1.0),
+                // Log-probabilities are stored as f32.
+                (exact[i] - truth).abs() < 1e-6 * truth.max(1.0) && truth > 1e-3,
                 "{} vs {truth}",
                 exact[i]
             );
             assert!(bound[i] <= truth + 1e-12 && bound[i] > 0.0);
         }
         // Identical distributions: zero KL.
-        assert!(some.kl(0, &p, vocab).iter().all(|&v| v < 1e-9));
+        assert!(some.kl(0, &p, vocab).iter().all(|&v| v < 1e-6));
         // Kept in order, most probable first, with the rest as the remaining mass.
         let argmax = (0..vocab).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
         assert_eq!(some.ids[0] as usize, argmax);

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 /// A loaded model of a supported family.
 pub enum Model {
     /// Decoder-only causal LM.
-    Llama(llama::Llama),
+    Llama(Box<llama::Llama>),
     /// Encoder producing sentence embeddings.
     Bert(bert::Bert),
 }
@@ -27,7 +27,9 @@ impl Model {
     pub fn load(checkpoint: &Checkpoint) -> Result<Model> {
         let found = arch::detect(checkpoint);
         match found.family {
-            Some(Family::Llama) => llama::Llama::load(checkpoint).map(Model::Llama),
+            Some(Family::Llama) => {
+                llama::Llama::load(checkpoint).map(|m| Model::Llama(Box::new(m)))
+            }
             Some(Family::Bert) => bert::Bert::load(checkpoint).map(Model::Bert),
             None => {
                 let path = weights::config_path(checkpoint);

@@ -5,7 +5,7 @@
 //! can watch what flows into it, without the model code knowing about either.
 
 use crate::error::{Error, Result};
-use crate::quant::{Calibrator, Format};
+use crate::quant::{ActivationQuant, Calibrator, Format};
 use candle_core::{Module, Tensor};
 use std::sync::{Arc, RwLock};
 
@@ -30,6 +30,7 @@ pub struct QLinear {
     float: Tensor,
     bias: Option<Tensor>,
     active: RwLock<(WeightSource, Tensor)>,
+    input_quant: RwLock<Option<ActivationQuant>>,
     observer: RwLock<Option<Arc<dyn ActivationObserver>>>,
 }
 
@@ -41,6 +42,7 @@ impl QLinear {
             active: RwLock::new((WeightSource::Float, weight.clone())),
             float: weight,
             bias,
+            input_quant: RwLock::new(None),
             observer: RwLock::new(None),
         }
     }
@@ -110,6 +112,16 @@ impl QLinear {
             (WeightSource::Float, self.float.clone());
     }
 
+    /// Fake-quantizes this layer's input with `quant` from now on (`None`: float input).
+    pub fn set_input_quant(&self, quant: Option<ActivationQuant>) {
+        *self.input_quant.write().unwrap_or_else(|e| e.into_inner()) = quant;
+    }
+
+    /// The input quantizer in use, if any.
+    pub fn input_quant(&self) -> Option<ActivationQuant> {
+        *self.input_quant.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Installs (or with `None` removes) an observer of this layer's inputs.
     pub fn set_observer(&self, observer: Option<Arc<dyn ActivationObserver>>) {
         *self.observer.write().unwrap_or_else(|e| e.into_inner()) = observer;
@@ -140,6 +152,11 @@ impl Module for QLinear {
         {
             obs.observe(&self.name, &x2)?;
         }
+        // Observers see the float input (calibration); the matmul sees the quantized one.
+        let x2 = match self.input_quant() {
+            Some(q) => q.apply(&x2)?,
+            None => x2,
+        };
         let w = self.read_active().1.clone();
         let mut y = x2.matmul(&w.t()?)?;
         if let Some(b) = &self.bias {

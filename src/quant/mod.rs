@@ -4,12 +4,14 @@
 //! whose `storage_bytes` are exact, and [`fake_quantize`] gives the values a forward pass sees
 //! (quantize then dequantize) without packing, for the search's inner loop.
 
+pub mod activation;
 pub mod calibrate;
 pub mod format;
 pub mod gguf;
 pub mod histogram;
 pub mod int;
 
+pub use activation::ActivationQuant;
 pub use calibrate::{Calibrator, Quantizer};
 pub use format::{FloatType, Format, GgufType, Granularity, IntFormat, Scheme};
 pub use histogram::Histogram;

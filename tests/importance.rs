@@ -1,0 +1,85 @@
+//! Importance-weighted weight calibration (mse weighted by the per-input-channel mean x² from
+//! the calibration pass, llama.cpp's imatrix idea) against plain mse, measured as held-out KLD
+//! with every linear in uniform INT4 g32 / INT3 g32. The figures are printed (`--nocapture`);
+//! the assertions are the properties that must hold whatever they are.
+
+mod common;
+
+use qpipe::calib;
+use qpipe::checkpoint::Checkpoint;
+use qpipe::eval::metrics::compare_logits;
+use qpipe::model::llama::sequence_logits;
+use qpipe::model::Model;
+use qpipe::quant::Calibrator;
+use std::path::Path;
+
+fn measure(name: &str, dir: &Path, calib_tokens: usize, eval_windows: usize) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration-data");
+    let ckpt = Checkpoint::open(dir).unwrap();
+    let tok = qpipe::data::tokenizer(&ckpt).unwrap();
+    let model = Model::load(&ckpt).unwrap();
+    let Model::Llama(llama) = &model else {
+        panic!("a causal LM")
+    };
+    let vocab = llama.config().vocab_size;
+    let cal = qpipe::data::encode_file(&tok, &root.join("sotu-calibration.txt")).unwrap();
+    let stats =
+        calib::collect(&model, &qpipe::data::sequences(&cal, 128, calib_tokens), 8).unwrap();
+    let eval = qpipe::data::encode_file(&tok, &root.join("moby-dick-eval.txt")).unwrap();
+    let windows = qpipe::data::sequences(&eval, 128, eval_windows * 128);
+    let reference: Vec<Vec<f32>> = windows
+        .iter()
+        .map(|w| sequence_logits(llama, w).unwrap())
+        .collect();
+    let kld = |format: &str, weighted: bool| -> f64 {
+        for l in model.linears() {
+            let imp = stats.linear(l.name()).unwrap().importance();
+            l.fake_quantize(
+                format.parse().unwrap(),
+                Calibrator::Mse,
+                weighted.then_some(imp.as_slice()),
+            )
+            .unwrap();
+        }
+        let mut total = 0.0;
+        for (w, r) in windows.iter().zip(&reference) {
+            let q = sequence_logits(llama, w).unwrap();
+            let n = w.len() - 1;
+            total += compare_logits(&r[..n * vocab], &q[..n * vocab], vocab, &w[1..])
+                .unwrap()
+                .mean_kld;
+        }
+        model.linears().iter().for_each(|l| l.reset());
+        total / windows.len() as f64
+    };
+    let mut results = Vec::new();
+    for format in ["int4-g32-asym", "int3-g32-asym"] {
+        let (plain, weighted) = (kld(format, false), kld(format, true));
+        eprintln!(
+            "{name} {format}: held-out mean KLD, mse {plain:.4e}, importance-weighted mse {weighted:.4e} ({:+.1}%)",
+            100.0 * (weighted / plain - 1.0)
+        );
+        assert!(plain.is_finite() && weighted.is_finite() && plain > 0.0 && weighted > 0.0);
+        results.push((plain, weighted));
+    }
+    // Fewer bits hurt more, with or without weighting.
+    assert!(results[1].0 > results[0].0 && results[1].1 > results[0].1);
+}
+
+#[test]
+fn importance_weighted_mse_on_the_demo_model() {
+    measure(
+        "models/tiny",
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"),
+        1024,
+        4,
+    );
+}
+
+#[test]
+fn importance_weighted_mse_on_smollm2() {
+    let Some(dir) = common::fetched_model("smollm2-135m") else {
+        return;
+    };
+    measure("SmolLM2-135M", &dir, 1024, 2);
+}

@@ -6,6 +6,7 @@
 //! With the tail lumped into one bucket, KL(P || Q) is computed over K + 1 outcomes; by the
 //! log-sum inequality this never exceeds the full KL, and equals it when K covers the vocabulary.
 
+use crate::eval::metrics::log_softmax;
 use serde::{Deserialize, Serialize};
 
 /// Top-K reference distributions, position by position.
@@ -19,18 +20,6 @@ pub struct TopK {
     pub logprobs: Vec<f32>,
     /// Probability mass outside the top K, per position.
     pub rest: Vec<f32>,
-}
-
-/// `ln softmax(row)` in f64.
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let lse = row
-        .iter()
-        .map(|&v| (v as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
-    row.iter().map(|&v| v as f64 - lse).collect()
 }
 
 impl TopK {

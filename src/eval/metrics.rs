@@ -30,7 +30,7 @@ pub struct LmComparison {
 }
 
 /// Per-position log-probabilities, in f64.
-fn log_softmax(row: &[f32]) -> Vec<f64> {
+pub fn log_softmax(row: &[f32]) -> Vec<f64> {
     let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
     let lse = row
         .iter()

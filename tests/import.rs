@@ -34,7 +34,7 @@ fn llama_cpp_permute(hf: &[f32], heads: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// HF name, shape, values of a tiny tied Llama with distinct values everywhere.
+/// HF name, shape, values of a tiny tied Llama with Q/K biases and distinct values everywhere.
 fn hf_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut seed = 0u32;
     let mut values = |n: usize| -> Vec<f32> {
@@ -56,7 +56,9 @@ fn hf_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
         for (suffix, shape) in [
             ("input_layernorm.weight", vec![HIDDEN]),
             ("self_attn.q_proj.weight", vec![HIDDEN, HIDDEN]),
+            ("self_attn.q_proj.bias", vec![HIDDEN]),
             ("self_attn.k_proj.weight", vec![kv, HIDDEN]),
+            ("self_attn.k_proj.bias", vec![kv]),
             ("self_attn.v_proj.weight", vec![kv, HIDDEN]),
             ("self_attn.o_proj.weight", vec![HIDDEN, HIDDEN]),
             ("post_attention_layernorm.weight", vec![HIDDEN]),
@@ -90,7 +92,9 @@ fn gguf_name(hf: &str) -> String {
         ("input_layernorm.weight", "attn_norm.weight"),
         ("post_attention_layernorm.weight", "ffn_norm.weight"),
         ("self_attn.q_proj.weight", "attn_q.weight"),
+        ("self_attn.q_proj.bias", "attn_q.bias"),
         ("self_attn.k_proj.weight", "attn_k.weight"),
+        ("self_attn.k_proj.bias", "attn_k.bias"),
         ("self_attn.v_proj.weight", "attn_v.weight"),
         ("self_attn.o_proj.weight", "attn_output.weight"),
         ("mlp.gate_proj.weight", "ffn_gate.weight"),
@@ -104,14 +108,16 @@ fn gguf_name(hf: &str) -> String {
     format!("blk.{layer}.{role}")
 }
 
-/// Writes a GGUF the way llama.cpp's converter would (Q/K permuted), with a tiny BPE vocabulary.
+/// Writes a GGUF the way llama.cpp's converter would (Q/K weights and biases permuted), with a
+/// tiny BPE vocabulary.
 fn write_gguf(path: &Path, arch: &str, extra_tensor: Option<&str>) {
     let mut qtensors: Vec<(String, QTensor)> = Vec::new();
     for (name, shape, values) in hf_tensors() {
+        let cols = if name.ends_with(".bias") { 1 } else { HIDDEN };
         let values = if name.contains("q_proj") {
-            llama_cpp_permute(&values, HEADS, HIDDEN)
+            llama_cpp_permute(&values, HEADS, cols)
         } else if name.contains("k_proj") {
-            llama_cpp_permute(&values, KV_HEADS, HIDDEN)
+            llama_cpp_permute(&values, KV_HEADS, cols)
         } else {
             values
         };

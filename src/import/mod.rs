@@ -394,35 +394,11 @@ fn shortest(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
 }
 
+/// The inverse against llama.cpp's `permute` (weights and biases) is tested end to end in
+/// tests/import.rs, with an independent transcription of it.
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// llama.cpp's convert_hf_to_gguf.py `permute`, transcribed: reshape to
-    /// (heads, 2, d/2, cols), swap axes 1 and 2, reshape back.
-    fn permute(hf: &[f32], heads: usize, d: usize, cols: usize) -> Vec<f32> {
-        let mut out = Vec::with_capacity(hf.len());
-        for h in 0..heads {
-            for i in 0..d / 2 {
-                for j in 0..2 {
-                    let row = h * d + j * (d / 2) + i;
-                    out.extend_from_slice(&hf[row * cols..(row + 1) * cols]);
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn unpermute_inverts_llama_cpp_permute() {
-        let (heads, d, cols) = (3, 8, 5);
-        let hf: Vec<f32> = (0..heads * d * cols).map(|v| v as f32).collect();
-        let gguf = permute(&hf, heads, d, cols);
-        assert_ne!(gguf, hf);
-        assert_eq!(unpermute_rows(&gguf, heads, d), hf);
-        let bias: Vec<f32> = (0..heads * d).map(|v| v as f32).collect();
-        assert_eq!(unpermute_rows(&permute(&bias, heads, d, 1), heads, d), bias);
-    }
 
     #[test]
     fn maps_gguf_names_to_hf_names() {

@@ -18,21 +18,6 @@ const BATCH: usize = 10;
 const MAX_TOKENS: usize = 128;
 
 /// The first 50 sentences of the held-out SOTU text with 5 to 60 words.
-fn sentences() -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration-data/sotu-eval.txt");
-    let text = std::fs::read_to_string(&path).expect("calibration-data/sotu-eval.txt is committed");
-    let text = text.replace(['\n', '\r'], " ");
-    let out: Vec<String> = text
-        .split(". ")
-        .map(str::trim)
-        .filter(|s| (5..=60).contains(&s.split_whitespace().count()))
-        .take(SENTENCES)
-        .map(str::to_string)
-        .collect();
-    assert_eq!(out.len(), SENTENCES);
-    out
-}
-
 /// Batches of `(input_ids, attention_mask)`, each `(BATCH, longest)` u32, right-padded with 0.
 fn batches(tokenizer_path: &Path, sentences: &[String]) -> Vec<(Tensor, Tensor)> {
     let mut tok = Tokenizer::from_file(tokenizer_path).expect("tokenizer.json loads");
@@ -112,7 +97,7 @@ fn minilm_matches_candle_transformers_and_qlinear_hooks_work() {
     let tokenizer = checkpoint
         .tokenizer_path()
         .expect("tokenizer.json beside the model");
-    let batches = batches(tokenizer, &sentences());
+    let batches = batches(tokenizer, &common::sotu_sentences(SENTENCES));
     assert!(
         batches
             .iter()

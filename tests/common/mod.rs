@@ -93,3 +93,20 @@ pub fn reference_weights(dir: &std::path::Path) -> candle_nn::VarBuilder<'static
         .unwrap()
     }
 }
+
+/// The first `n` sentences of 5 to 60 words in calibration-data/sotu-eval.txt (held-out text).
+pub fn sotu_sentences(n: usize) -> Vec<String> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration-data/sotu-eval.txt");
+    let text = std::fs::read_to_string(&path).expect("calibration-data/sotu-eval.txt is committed");
+    let text = text.replace(['\n', '\r'], " ");
+    let out: Vec<String> = text
+        .split(". ")
+        .map(str::trim)
+        .filter(|s| (5..=60).contains(&s.split_whitespace().count()))
+        .take(n)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(out.len(), n);
+    out
+}

@@ -8,7 +8,6 @@ mod common;
 
 use qpipe::calib::{self, Stats};
 use qpipe::checkpoint::Checkpoint;
-use qpipe::eval::metrics::compare_logits;
 use qpipe::model::llama::{sequence_logits, Llama};
 use qpipe::model::Model;
 use qpipe::quant::{ActivationQuant, Calibrator};
@@ -62,17 +61,9 @@ fn kld(s: &Setup, layers: &[usize], cal: Calibrator, bits: u32) -> f64 {
             ActivationQuant::calibrated(cal, h, bits, false).unwrap(),
         ));
     }
-    let vocab = llama(&s.model).config().vocab_size;
-    let mut total = 0.0;
-    for (w, r) in s.held_out.iter().zip(&s.reference) {
-        let q = sequence_logits(llama(&s.model), w).unwrap();
-        let n = w.len() - 1;
-        total += compare_logits(&r[..n * vocab], &q[..n * vocab], vocab, &w[1..])
-            .unwrap()
-            .mean_kld;
-    }
+    let kld = common::mean_kld(llama(&s.model), &s.held_out, &s.reference);
     linears.iter().for_each(|l| l.set_input_quant(None));
-    total / s.held_out.len() as f64
+    kld
 }
 
 /// Layers by tail heaviness: absmax over the 99.9th percentile of |x|.

@@ -8,11 +8,25 @@ mod common;
 
 use qpipe::calib;
 use qpipe::checkpoint::Checkpoint;
-use qpipe::eval::metrics::{compare_embeddings, compare_logits};
+use qpipe::eval::metrics::compare_embeddings;
 use qpipe::model::llama::sequence_logits;
 use qpipe::model::Model;
 use qpipe::quant::Calibrator;
 use std::path::Path;
+
+/// Every linear of `model` in `format`, calibrated by mse, weighted by the importance from
+/// `stats` or not.
+fn mse_everywhere(model: &Model, stats: &calib::Stats, format: &str, weighted: bool) {
+    for l in model.linears() {
+        let imp = stats.linear(l.name()).unwrap().importance();
+        l.fake_quantize(
+            format.parse().unwrap(),
+            Calibrator::Mse,
+            weighted.then_some(imp.as_slice()),
+        )
+        .unwrap();
+    }
+}
 
 fn measure(name: &str, dir: &Path, calib_tokens: usize, eval_windows: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration-data");
@@ -22,7 +36,6 @@ fn measure(name: &str, dir: &Path, calib_tokens: usize, eval_windows: usize) {
     let Model::Llama(llama) = &model else {
         panic!("a causal LM")
     };
-    let vocab = llama.config().vocab_size;
     let cal = qpipe::data::encode_file(&tok, &root.join("sotu-calibration.txt")).unwrap();
     let stats =
         calib::collect(&model, &qpipe::data::sequences(&cal, 128, calib_tokens), 8).unwrap();
@@ -33,25 +46,10 @@ fn measure(name: &str, dir: &Path, calib_tokens: usize, eval_windows: usize) {
         .map(|w| sequence_logits(llama, w).unwrap())
         .collect();
     let kld = |format: &str, weighted: bool| -> f64 {
-        for l in model.linears() {
-            let imp = stats.linear(l.name()).unwrap().importance();
-            l.fake_quantize(
-                format.parse().unwrap(),
-                Calibrator::Mse,
-                weighted.then_some(imp.as_slice()),
-            )
-            .unwrap();
-        }
-        let mut total = 0.0;
-        for (w, r) in windows.iter().zip(&reference) {
-            let q = sequence_logits(llama, w).unwrap();
-            let n = w.len() - 1;
-            total += compare_logits(&r[..n * vocab], &q[..n * vocab], vocab, &w[1..])
-                .unwrap()
-                .mean_kld;
-        }
+        mse_everywhere(&model, &stats, format, weighted);
+        let kld = common::mean_kld(llama, &windows, &reference);
         model.linears().iter().for_each(|l| l.reset());
-        total / windows.len() as f64
+        kld
     };
     let mut results = Vec::new();
     for format in ["int4-g32-asym", "int3-g32-asym"] {
@@ -121,15 +119,7 @@ fn importance_weighted_mse_on_minilm() {
     for format in ["int4-g32-asym", "int3-g32-asym"] {
         let mut one_minus_cos = [0.0; 2];
         for (k, weighted) in [false, true].into_iter().enumerate() {
-            for l in model.linears() {
-                let imp = stats.linear(l.name()).unwrap().importance();
-                l.fake_quantize(
-                    format.parse().unwrap(),
-                    Calibrator::Mse,
-                    weighted.then_some(imp.as_slice()),
-                )
-                .unwrap();
-            }
+            mse_everywhere(&model, &stats, format, weighted);
             let cmp = compare_embeddings(&reference, &embed(), dim).unwrap();
             one_minus_cos[k] = 1.0 - cmp.mean_cosine;
             model.linears().iter().for_each(|l| l.reset());

@@ -5,7 +5,6 @@
 mod common;
 
 use qpipe::checkpoint::Checkpoint;
-use qpipe::eval::metrics::compare_logits;
 use qpipe::model::llama::{sequence_logits, Llama};
 use qpipe::quant::Calibrator;
 use std::path::{Path, PathBuf};
@@ -39,7 +38,6 @@ fn tiny_logits_equal_candle_transformers() {
 /// Mean KLD vs the float model over 4 held-out windows of 128 tokens with every linear in
 /// `format`, then the float weights restored.
 fn mean_kld(model: &Llama, format: &str, tokens: &[u32]) -> f64 {
-    let vocab = model.config().vocab_size;
     let windows: Vec<&[u32]> = tokens.chunks_exact(128).collect();
     let reference: Vec<Vec<f32>> = windows
         .iter()
@@ -49,15 +47,9 @@ fn mean_kld(model: &Llama, format: &str, tokens: &[u32]) -> f64 {
         l.fake_quantize(format.parse().unwrap(), Calibrator::MinMax, None)
             .unwrap();
     }
-    let mut total = 0.0;
-    for (w, r) in windows.iter().zip(&reference) {
-        let q = sequence_logits(model, w).unwrap();
-        let n = w.len() - 1;
-        let cmp = compare_logits(&r[..n * vocab], &q[..n * vocab], vocab, &w[1..]).unwrap();
-        total += cmp.mean_kld;
-    }
+    let kld = common::mean_kld(model, &windows, &reference);
     model.linears().iter().for_each(|l| l.reset());
-    total / windows.len() as f64
+    kld
 }
 
 #[test]

@@ -110,3 +110,24 @@ pub fn sotu_sentences(n: usize) -> Vec<String> {
     assert_eq!(out.len(), n);
     out
 }
+
+/// Mean over `windows` of the mean next-token KLD of `model` as it stands (quantized) against
+/// `reference`, the float logits of the same windows.
+pub fn mean_kld<W: AsRef<[u32]>>(
+    model: &qpipe::model::llama::Llama,
+    windows: &[W],
+    reference: &[Vec<f32>],
+) -> f64 {
+    let vocab = model.config().vocab_size;
+    let mut total = 0.0;
+    for (w, r) in windows.iter().zip(reference) {
+        let w = w.as_ref();
+        let q = qpipe::model::llama::sequence_logits(model, w).unwrap();
+        let n = w.len() - 1;
+        total +=
+            qpipe::eval::metrics::compare_logits(&r[..n * vocab], &q[..n * vocab], vocab, &w[1..])
+                .unwrap()
+                .mean_kld;
+    }
+    total / windows.len() as f64
+}

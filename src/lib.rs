@@ -12,5 +12,6 @@ pub mod import;
 pub mod model;
 pub mod quant;
 pub mod report;
+pub mod sensitivity;
 
 pub use error::{Error, Result};

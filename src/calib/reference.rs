@@ -6,7 +6,7 @@
 //! With the tail lumped into one bucket, KL(P || Q) is computed over K + 1 outcomes; by the
 //! log-sum inequality this never exceeds the full KL, and equals it when K covers the vocabulary.
 
-use crate::eval::metrics::log_softmax;
+use crate::eval::metrics::{log_softmax, log_sum_exp};
 use serde::{Deserialize, Serialize};
 
 /// Top-K reference distributions, position by position.
@@ -72,7 +72,7 @@ impl TopK {
             .enumerate()
             .map(|(i, row)| {
                 let pos = start + i;
-                let lq = log_softmax(row);
+                let lse = log_sum_exp(row);
                 let (ids, lps) = (
                     &self.ids[pos * k..(pos + 1) * k],
                     &self.logprobs[pos * k..(pos + 1) * k],
@@ -80,7 +80,7 @@ impl TopK {
                 let mut kl = 0.0;
                 let mut q_kept = 0.0;
                 for (&id, &lp) in ids.iter().zip(lps) {
-                    let lq_i = lq[id as usize];
+                    let lq_i = f64::from(row[id as usize]) - lse;
                     kl += (lp as f64).exp() * (lp as f64 - lq_i);
                     q_kept += lq_i.exp();
                 }

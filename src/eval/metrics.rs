@@ -31,14 +31,18 @@ pub struct LmComparison {
 
 /// Per-position log-probabilities, in f64.
 pub fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let lse = log_sum_exp(row);
+    row.iter().map(|&v| v as f64 - lse).collect()
+}
+
+/// `ln(sum(exp(row)))` in f64, shifted by the maximum so no term overflows.
+pub fn log_sum_exp(row: &[f32]) -> f64 {
     let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let lse = row
-        .iter()
+    row.iter()
         .map(|&v| (v as f64 - max).exp())
         .sum::<f64>()
         .ln()
-        + max;
-    row.iter().map(|&v| v as f64 - lse).collect()
+        + max
 }
 
 fn argmax(row: &[f32]) -> usize {

@@ -8,10 +8,11 @@
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::model::arch::Family;
-use crate::model::qlinear::QLinear;
+use crate::model::qlinear::{QLinear, Swap};
 use crate::model::weights::{self, bad_config, Weights};
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use serde::Deserialize;
+use std::ops::Range;
 
 /// The config.json fields a BERT forward pass needs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -253,9 +254,29 @@ impl Bert {
         self.layers.iter().flat_map(|l| l.linears.iter()).collect()
     }
 
+    /// The matmul layers grouped by encoder layer.
+    pub fn linears_by_layer(&self) -> Vec<Vec<&QLinear>> {
+        self.layers
+            .iter()
+            .map(|l| l.linears.iter().collect())
+            .collect()
+    }
+
     /// Last hidden states `(b, t, hidden)` f32 for u32 `input_ids` and `attention_mask` `(b, t)`
     /// (mask 1 = token, 0 = padding); every token is segment 0.
     pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let x = self.embed_tokens(input_ids, attention_mask)?;
+        let mask = additive_mask(attention_mask)?;
+        self.run_layers(x, &mask, 0..self.layers.len(), None)
+    }
+
+    /// The embedding block's output `(b, t, hidden)`: word + token-type + position embeddings,
+    /// LayerNorm'd; checks that `attention_mask` matches and the sequence fits.
+    pub fn embed_tokens(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
@@ -284,19 +305,36 @@ impl Bert {
         let x = words
             .broadcast_add(&self.token_type0)?
             .broadcast_add(&positions)?;
-        let mut x = self.embed_norm.forward(&x)?;
+        self.embed_norm.forward(&x)
+    }
 
-        // HF's extended mask: 0 for tokens, the most negative f32 for padding keys, so padded
-        // positions get exactly zero attention weight whatever their scores are.
-        let mask = attention_mask.to_dtype(DType::F32)?;
-        let mask = ((mask.ones_like()? - &mask)? * f64::from(f32::MIN))?.reshape((b, 1, 1, t))?;
-        for layer in &self.layers {
-            x = self.layer(layer, &x, &mask)?;
+    /// Runs encoder layers `range` on hidden states `(b, t, hidden)` with the additive `mask`
+    /// from [`additive_mask`], with `swap`'s weight in place of the layer it names.
+    pub fn run_layers(
+        &self,
+        mut x: Tensor,
+        mask: &Tensor,
+        range: Range<usize>,
+        swap: Option<Swap>,
+    ) -> candle_core::Result<Tensor> {
+        for layer in &self.layers[range] {
+            x = self.layer(layer, &x, mask, swap)?;
         }
         Ok(x)
     }
 
-    fn layer(&self, layer: &Layer, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    /// Number of encoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn layer(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        mask: &Tensor,
+        swap: Option<Swap>,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let heads = self.config.num_attention_heads;
         let split = |y: Tensor| -> candle_core::Result<Tensor> {
@@ -305,9 +343,9 @@ impl Bert {
                 .contiguous()
         };
         let l = &layer.linears;
-        let q = split(l[QUERY].forward(x)?)?;
-        let k = split(l[KEY].forward(x)?)?;
-        let v = split(l[VALUE].forward(x)?)?;
+        let q = split(l[QUERY].forward_swapped(x, swap)?)?;
+        let k = split(l[KEY].forward_swapped(x, swap)?)?;
+        let v = split(l[VALUE].forward_swapped(x, swap)?)?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
         let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
         let context = probs
@@ -317,11 +355,13 @@ impl Bert {
             .reshape((b, t, h))?;
         let attn = layer
             .attn_norm
-            .forward(&(l[ATTN_OUT].forward(&context)? + x)?)?;
-        let inner = self.activation.apply(&l[INTERMEDIATE].forward(&attn)?)?;
+            .forward(&(l[ATTN_OUT].forward_swapped(&context, swap)? + x)?)?;
+        let inner = self
+            .activation
+            .apply(&l[INTERMEDIATE].forward_swapped(&attn, swap)?)?;
         layer
             .out_norm
-            .forward(&(l[OUTPUT].forward(&inner)? + &attn)?)
+            .forward(&(l[OUTPUT].forward_swapped(&inner, swap)? + &attn)?)
     }
 
     /// Sentence embeddings `(b, hidden)`: mean of the non-padding hidden states, L2-normalised
@@ -336,9 +376,21 @@ impl Bert {
     }
 }
 
+/// HF's extended attention mask `(b, 1, 1, t)` for a 0/1 `attention_mask` `(b, t)`: 0 for
+/// tokens, the most negative f32 for padding keys, so padded positions get exactly zero
+/// attention weight whatever their scores are.
+pub fn additive_mask(attention_mask: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, t) = attention_mask.dims2()?;
+    let mask = attention_mask.to_dtype(DType::F32)?;
+    ((mask.ones_like()? - &mask)? * f64::from(f32::MIN))?.reshape((b, 1, 1, t))
+}
+
 /// Masked mean over tokens then L2 normalisation, with sentence-transformers' clamps (token
 /// count >= 1e-9, norm >= 1e-12) so an all-padding row yields zeros rather than NaN.
-fn mean_pool_normalize(hidden: &Tensor, attention_mask: &Tensor) -> candle_core::Result<Tensor> {
+pub fn mean_pool_normalize(
+    hidden: &Tensor,
+    attention_mask: &Tensor,
+) -> candle_core::Result<Tensor> {
     let mask = attention_mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
     let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
     let count = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;

@@ -6,9 +6,9 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::model::qlinear::QLinear;
+use crate::model::qlinear::{QLinear, Swap};
 use crate::model::weights::{self, Weights};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use std::ops::Range;
 use std::path::Path;
@@ -278,20 +278,26 @@ impl Llama {
     /// Every quantizable matmul in forward order: per layer q, k, v, o, gate, up, down; then an
     /// untied LM head.
     pub fn linears(&self) -> Vec<&QLinear> {
-        let mut out: Vec<&QLinear> = self
+        self.linears_by_layer().into_iter().flatten().collect()
+    }
+
+    /// The quantizable matmuls grouped by decoder layer (q, k, v, o, gate, up, down), then an
+    /// untied LM head alone in a last group (the "layer" after the decoder layers).
+    pub fn linears_by_layer(&self) -> Vec<Vec<&QLinear>> {
+        let mut out: Vec<Vec<&QLinear>> = self
             .layers
             .iter()
-            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .map(|l| vec![&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
             .collect();
-        out.extend(self.lm_head.as_ref());
+        out.extend(self.lm_head.as_ref().map(|h| vec![h]));
         out
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (u32).
     pub fn forward(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.embed(tokens)?;
-        let h = self.run_layers(h, 0..self.layers.len())?;
-        self.logits(&h)
+        let h = self.run_layers(h, 0..self.layers.len(), None)?;
+        self.logits(&h, None)
     }
 
     /// Token embeddings `[batch, seq, hidden]`.
@@ -303,20 +309,26 @@ impl Llama {
             .reshape((b, t, self.config.hidden_size))
     }
 
-    /// Runs decoder layers `range` on hidden states `[batch, seq, hidden]`.
-    pub fn run_layers(&self, mut h: Tensor, range: Range<usize>) -> candle_core::Result<Tensor> {
+    /// Runs decoder layers `range` on hidden states `[batch, seq, hidden]`, with `swap`'s
+    /// weight in place of the layer it names.
+    pub fn run_layers(
+        &self,
+        mut h: Tensor,
+        range: Range<usize>,
+        swap: Option<Swap>,
+    ) -> candle_core::Result<Tensor> {
         let pos = self.positions(h.dim(1)?, h.device())?;
         for layer in &self.layers[range] {
-            h = self.layer_forward(layer, &h, &pos)?;
+            h = self.layer_forward(layer, &h, &pos, swap)?;
         }
         Ok(h)
     }
 
-    /// Final norm and LM head: logits `[batch, seq, vocab]`.
-    pub fn logits(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+    /// Final norm and LM head: logits `[batch, seq, vocab]` (`swap` may replace an untied head).
+    pub fn logits(&self, h: &Tensor, swap: Option<Swap>) -> candle_core::Result<Tensor> {
         let h = self.rms_norm(h, &self.norm)?;
         match &self.lm_head {
-            Some(head) => head.forward(&h),
+            Some(head) => head.forward_swapped(&h, swap),
             None => {
                 let (b, t, d) = h.dims3()?;
                 h.reshape((b * t, d))?.matmul(&self.embed.t()?)?.reshape((
@@ -363,7 +375,13 @@ impl Llama {
         })
     }
 
-    fn layer_forward(&self, l: &Layer, x: &Tensor, pos: &Positions) -> candle_core::Result<Tensor> {
+    fn layer_forward(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        pos: &Positions,
+        swap: Option<Swap>,
+    ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (b, t, _) = x.dims3()?;
         let (heads, kv_heads, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
@@ -372,9 +390,9 @@ impl Llama {
         let split = |y: Tensor, nh: usize| -> candle_core::Result<Tensor> {
             y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()
         };
-        let q = split(l.q.forward(&n)?, heads)?;
-        let k = split(l.k.forward(&n)?, kv_heads)?;
-        let v = split(l.v.forward(&n)?, kv_heads)?;
+        let q = split(l.q.forward_swapped(&n, swap)?, heads)?;
+        let k = split(l.k.forward_swapped(&n, swap)?, kv_heads)?;
+        let v = split(l.v.forward_swapped(&n, swap)?, kv_heads)?;
         let rope = if self.differentiable {
             candle_nn::rotary_emb::rope_slow
         } else {
@@ -396,11 +414,11 @@ impl Llama {
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, heads * hd))?;
-        let x = (x + l.o.forward(&attn)?)?;
+        let x = (x + l.o.forward_swapped(&attn, swap)?)?;
 
         let n = self.rms_norm(&x, &l.post_norm)?;
-        let mlp = (l.gate.forward(&n)?.silu()? * l.up.forward(&n)?)?;
-        x + l.down.forward(&mlp)?
+        let mlp = (l.gate.forward_swapped(&n, swap)?.silu()? * l.up.forward_swapped(&n, swap)?)?;
+        x + l.down.forward_swapped(&mlp, swap)?
     }
 }
 

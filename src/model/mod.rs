@@ -8,7 +8,7 @@ pub mod qlinear;
 pub mod weights;
 
 pub use arch::{Architecture, DetectedFrom, Family, MatmulWeight};
-pub use qlinear::{ActivationObserver, QLinear, Recorder, WeightSource};
+pub use qlinear::{ActivationObserver, QLinear, Recorder, Swap, WeightSource};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -64,6 +64,15 @@ impl Model {
         match self {
             Model::Llama(m) => m.linears(),
             Model::Bert(m) => m.linears(),
+        }
+    }
+
+    /// The quantizable matmuls grouped by the layer they sit in, in forward order (an untied
+    /// LM head forms a last group of its own).
+    pub fn linears_by_layer(&self) -> Vec<Vec<&QLinear>> {
+        match self {
+            Model::Llama(m) => m.linears_by_layer(),
+            Model::Bert(m) => m.linears_by_layer(),
         }
     }
 }

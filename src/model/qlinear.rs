@@ -24,6 +24,16 @@ pub trait ActivationObserver: Send + Sync {
     fn observe(&self, linear: &str, input: &Tensor) -> candle_core::Result<()>;
 }
 
+/// A replacement weight for the one layer named `name`, for a single forward pass: it leaves
+/// the shared model untouched, so candidates that differ in one tensor can run in parallel.
+#[derive(Clone, Copy)]
+pub struct Swap<'a> {
+    /// Checkpoint name of the layer's weight.
+    pub name: &'a str,
+    /// The weight to use instead (same shape, f32).
+    pub weight: &'a Tensor,
+}
+
 /// A linear layer `y = x W^T + b` whose weight can be swapped and whose input can be observed.
 pub struct QLinear {
     name: String,
@@ -133,8 +143,15 @@ impl QLinear {
 }
 
 impl Module for QLinear {
-    /// `x` is `[..., in]`; the matmul runs on the flattened `[tokens, in]` view.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_swapped(x, None)
+    }
+}
+
+impl QLinear {
+    /// The forward pass, multiplying by `swap`'s weight instead when it names this layer.
+    /// `x` is `[..., in]`; the matmul runs on the flattened `[tokens, in]` view.
+    pub fn forward_swapped(&self, x: &Tensor, swap: Option<Swap>) -> candle_core::Result<Tensor> {
         let dims = x.dims();
         let (out, inp) = self.shape();
         let (last, lead) = dims
@@ -157,7 +174,10 @@ impl Module for QLinear {
             Some(q) => q.apply(&x2)?,
             None => x2,
         };
-        let w = self.read_active().1.clone();
+        let w = match swap {
+            Some(s) if s.name == self.name => s.weight.clone(),
+            _ => self.read_active().1.clone(),
+        };
         let mut y = x2.matmul(&w.t()?)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;

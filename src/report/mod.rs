@@ -1,5 +1,6 @@
-//! Human-readable output: number formatting and aligned terminal tables.
+//! Human-readable output: number formatting, aligned terminal tables and SVG charts.
 
+pub mod svg;
 pub mod table;
 
 pub use table::Table;

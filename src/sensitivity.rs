@@ -1,0 +1,440 @@
+//! Per-tensor sensitivity: for every quantizable matmul weight and each candidate format, the
+//! real accuracy loss of the model when only that tensor is stored in that format, measured
+//! with forward passes on the calibration tokens (mean KL divergence of the next-token
+//! distributions against the float model for causal LMs, mean 1 - cosine of the sentence
+//! embeddings for encoders), next to a cheap proxy (the importance-weighted squared weight
+//! error), with the proxy's Spearman rank correlation to the real loss.
+//!
+//! Prefix reuse: one float pass keeps the hidden states entering every layer, so a candidate
+//! in layer L starts from the float hidden states before L and only recomputes layers L.. and
+//! the head. Candidates run in parallel on the shared model (each passes its weight as a
+//! [`Swap`], nothing is mutated) and are collected in a fixed order, so the result does not
+//! depend on the thread count.
+
+use crate::calib::{Stats, TopK};
+use crate::error::{Error, Result};
+use crate::model::bert::{additive_mask, mean_pool_normalize};
+use crate::model::{Model, QLinear, Swap};
+use crate::quant::{Calibrator, Format};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// What a sensitivity run measures and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Candidate formats for every tensor.
+    pub formats: Vec<Format>,
+    /// Calibrator choosing the weight ranges (weighted by the importance vector).
+    pub calibrator: Calibrator,
+    /// Log-probabilities kept per position of the float reference (causal LMs).
+    pub top_k: usize,
+    /// Start each candidate from the float hidden states before its layer (the normal mode);
+    /// `false` recomputes the whole model, only to measure what reuse saves.
+    pub prefix_reuse: bool,
+    /// Only tensors whose name contains one of these (all when empty).
+    pub tensors: Vec<String>,
+}
+
+/// The accuracy measure of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Mean KL(float || quantized) of the next-token distributions over every position.
+    MeanKl,
+    /// Mean 1 - cosine between float and quantized sentence embeddings.
+    OneMinusCos,
+}
+
+impl Metric {
+    /// Short label for tables and plots.
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::MeanKl => "delta-KL",
+            Metric::OneMinusCos => "1 - cos",
+        }
+    }
+}
+
+/// One tensor in one format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Checkpoint name of the weight.
+    pub tensor: String,
+    /// Index of the layer it sits in (an untied LM head counts as the layer after the last).
+    pub layer: usize,
+    /// `[rows, cols]` of the weight.
+    pub shape: [usize; 2],
+    /// The candidate format.
+    #[serde(with = "crate::quant::format::by_name")]
+    pub format: Format,
+    /// Exact bits per weight of the format on this shape (scales and zero-points included).
+    pub bits_per_weight: f64,
+    /// Measured accuracy loss with only this tensor quantized.
+    pub loss: f64,
+    /// Importance-weighted squared weight error: sum over rows and columns of
+    /// `importance[col] * (w - q(w))^2`, the expected squared output error if input channels
+    /// were uncorrelated.
+    pub proxy: f64,
+}
+
+/// A (tensor, format) pair that was not measured, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// Checkpoint name of the weight.
+    pub tensor: String,
+    /// The format it cannot be stored in.
+    #[serde(with = "crate::quant::format::by_name")]
+    pub format: Format,
+    /// The reason.
+    pub reason: String,
+}
+
+/// The result of a sensitivity run (deterministic: no timings, so reruns compare byte for byte).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sensitivity {
+    /// What `loss` measures.
+    pub metric: Metric,
+    /// Sequences the loss is averaged over and their length in tokens.
+    pub sequences: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// The weight calibrator used.
+    pub calibrator: Calibrator,
+    /// Whether candidates started from the float prefix.
+    pub prefix_reuse: bool,
+    /// Reference log-probabilities kept per position (causal LMs).
+    pub top_k: Option<usize>,
+    /// Every measured (tensor, format), tensors in forward order, formats in the given order.
+    pub entries: Vec<Entry>,
+    /// Pairs a format cannot store.
+    pub skipped: Vec<Skipped>,
+    /// Spearman rank correlation between `proxy` and `loss` over all entries.
+    pub spearman: Option<f64>,
+}
+
+/// The float pass a run starts from: hidden states entering every layer (and leaving the
+/// last), and the float outputs the candidates are compared with.
+struct FloatPass {
+    /// `hidden[l]` enters layer `l`; `hidden[layers]` leaves the last one.
+    hidden: Vec<Tensor>,
+    reference: Reference,
+}
+
+enum Reference {
+    /// Top-K next-token log-probabilities, position by position, sequences in order.
+    Logits(TopK),
+    /// Sentence embeddings `[sequences, hidden]` and the (all-ones) mask and additive mask.
+    Embeddings {
+        rows: Vec<Vec<f32>>,
+        mask: Tensor,
+        additive: Tensor,
+    },
+}
+
+/// Measures the sensitivity of every quantizable tensor of `model` (filtered by
+/// `options.tensors`) to each of `options.formats` on `sequences` (equal lengths), with weight
+/// importance from `stats`; `progress` is called once per measured candidate.
+pub fn analyse(
+    model: &Model,
+    sequences: &[&[u32]],
+    stats: &Stats,
+    options: &Options,
+    progress: &(dyn Fn() + Sync),
+) -> Result<Sensitivity> {
+    let data = Path::new("<calibration data>");
+    let seq_len = sequences.first().map_or(0, |s| s.len());
+    if seq_len < 2 || sequences.iter().any(|s| s.len() != seq_len) {
+        return Err(Error::invalid(
+            data,
+            "sensitivity needs at least one sequence, all of the same length >= 2",
+        ));
+    }
+    if options.formats.is_empty() {
+        return Err(Error::invalid(Path::new("--formats"), "no formats given"));
+    }
+    let ids: Vec<u32> = sequences.iter().flat_map(|s| s.iter().copied()).collect();
+    let ids = Tensor::from_vec(ids, (sequences.len(), seq_len), &Device::Cpu)
+        .map_err(Error::compute("token ids"))?;
+    let float = float_pass(model, &ids, options.top_k).map_err(Error::compute("float pass"))?;
+
+    let mut candidates = Vec::new();
+    let mut skipped = Vec::new();
+    for (layer, linears) in model.linears_by_layer().into_iter().enumerate() {
+        for linear in linears {
+            let name = linear.name();
+            if !options.tensors.is_empty() && !options.tensors.iter().any(|t| name.contains(t)) {
+                continue;
+            }
+            let importance = stats
+                .linear(name)
+                .ok_or_else(|| {
+                    Error::invalid(data, format!("the statistics have no entry for {name}"))
+                })?
+                .importance();
+            let (rows, cols) = linear.shape();
+            for &format in &options.formats {
+                match format.check(rows, cols) {
+                    Ok(()) => candidates.push((layer, linear, format, importance.clone())),
+                    Err(reason) => skipped.push(Skipped {
+                        tensor: name.to_string(),
+                        format,
+                        reason,
+                    }),
+                }
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Err(Error::invalid(
+            Path::new("--tensors"),
+            "no tensor and format to measure",
+        ));
+    }
+
+    let entries = candidates
+        .par_iter()
+        .map(|(layer, linear, format, importance)| {
+            let entry = measure(model, &float, *layer, linear, *format, importance, options)?;
+            progress();
+            Ok(entry)
+        })
+        .collect::<Result<Vec<Entry>>>()?;
+
+    let spearman = spearman(
+        &entries.iter().map(|e| e.proxy).collect::<Vec<_>>(),
+        &entries.iter().map(|e| e.loss).collect::<Vec<_>>(),
+    );
+    Ok(Sensitivity {
+        metric: match model {
+            Model::Llama(_) => Metric::MeanKl,
+            Model::Bert(_) => Metric::OneMinusCos,
+        },
+        sequences: sequences.len(),
+        seq_len,
+        calibrator: options.calibrator,
+        prefix_reuse: options.prefix_reuse,
+        top_k: matches!(model, Model::Llama(_)).then_some(options.top_k),
+        entries,
+        skipped,
+        spearman,
+    })
+}
+
+fn float_pass(model: &Model, ids: &Tensor, top_k: usize) -> candle_core::Result<FloatPass> {
+    match model {
+        Model::Llama(m) => {
+            let mut hidden = vec![m.embed(ids)?];
+            for l in 0..m.num_layers() {
+                let next = m.run_layers(hidden[l].clone(), l..l + 1, None)?;
+                hidden.push(next);
+            }
+            let mut reference = TopK::new(top_k);
+            for_each_chunk(&hidden[m.num_layers()], |_, h| {
+                reference.push(&m.logits(h, None)?.squeeze(0)?)
+            })?;
+            Ok(FloatPass {
+                hidden,
+                reference: Reference::Logits(reference),
+            })
+        }
+        Model::Bert(m) => {
+            let mask = ids.ones_like()?;
+            let additive = additive_mask(&mask)?;
+            let mut hidden = vec![m.embed_tokens(ids, &mask)?];
+            for l in 0..m.num_layers() {
+                let next = m.run_layers(hidden[l].clone(), &additive, l..l + 1, None)?;
+                hidden.push(next);
+            }
+            let rows = mean_pool_normalize(&hidden[m.num_layers()], &mask)?.to_vec2()?;
+            Ok(FloatPass {
+                hidden,
+                reference: Reference::Embeddings {
+                    rows,
+                    mask,
+                    additive,
+                },
+            })
+        }
+    }
+}
+
+/// Positions whose logits are in memory at once: 128 x a 49152-token vocabulary is 25 MB, under
+/// glibc's largest mmap threshold, so the buffers are reused instead of freshly zeroed pages.
+const LOGIT_CHUNK: usize = 128;
+
+/// Calls `f(first position, hidden)` for consecutive `[1, n, hidden]` slices of the hidden
+/// states `[sequences, seq, hidden]`, at most [`LOGIT_CHUNK`] positions each, in position order.
+fn for_each_chunk(
+    h: &Tensor,
+    mut f: impl FnMut(usize, &Tensor) -> candle_core::Result<()>,
+) -> candle_core::Result<()> {
+    let (sequences, seq, _) = h.dims3()?;
+    for s in 0..sequences {
+        let row = h.narrow(0, s, 1)?;
+        for start in (0..seq).step_by(LOGIT_CHUNK) {
+            let n = LOGIT_CHUNK.min(seq - start);
+            f(s * seq + start, &row.narrow(1, start, n)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn measure(
+    model: &Model,
+    float: &FloatPass,
+    layer: usize,
+    linear: &QLinear,
+    format: Format,
+    importance: &[f32],
+    options: &Options,
+) -> Result<Entry> {
+    let name = linear.name();
+    let (rows, cols) = linear.shape();
+    let context = || format!("{name} in {format}");
+    let w: Vec<f32> = linear
+        .float_weight()
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .map_err(Error::compute(context()))?;
+    let fake =
+        crate::quant::fake_quantize(&w, rows, cols, format, options.calibrator, Some(importance))
+            .map_err(|m| Error::unsupported(Path::new(name), m))?;
+    let proxy = w
+        .chunks_exact(cols)
+        .zip(fake.chunks_exact(cols))
+        .map(|(wr, fr)| {
+            wr.iter()
+                .zip(fr)
+                .zip(importance)
+                .map(|((a, b), i)| f64::from(*i) * f64::from(a - b).powi(2))
+                .sum::<f64>()
+        })
+        .sum();
+    let weight =
+        Tensor::from_vec(fake, (rows, cols), &Device::Cpu).map_err(Error::compute(context()))?;
+    let swap = Some(Swap {
+        name,
+        weight: &weight,
+    });
+    let start = if options.prefix_reuse { layer } else { 0 };
+    let loss = candidate_loss(model, float, start, swap).map_err(Error::compute(context()))?;
+    Ok(Entry {
+        tensor: name.to_string(),
+        layer,
+        shape: [rows, cols],
+        format,
+        bits_per_weight: format.bits_per_weight(rows, cols),
+        loss,
+        proxy,
+    })
+}
+
+/// The loss of the model with `swap` in place, recomputing from layer `start` on.
+fn candidate_loss(
+    model: &Model,
+    float: &FloatPass,
+    start: usize,
+    swap: Option<Swap>,
+) -> candle_core::Result<f64> {
+    match (model, &float.reference) {
+        (Model::Llama(m), Reference::Logits(reference)) => {
+            let n = m.num_layers();
+            let h = float.hidden[start.min(n)].clone();
+            let h = m.run_layers(h, start.min(n)..n, swap)?;
+            let mut total = 0.0;
+            for_each_chunk(&h, |first, h| {
+                let logits = m.logits(h, swap)?.squeeze(0)?;
+                let vocab = logits.dim(1)?;
+                let values: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+                total += reference.kl(first, &values, vocab).iter().sum::<f64>();
+                Ok(())
+            })?;
+            Ok(total / reference.positions() as f64)
+        }
+        (
+            Model::Bert(m),
+            Reference::Embeddings {
+                rows,
+                mask,
+                additive,
+            },
+        ) => {
+            let h = float.hidden[start].clone();
+            let h = m.run_layers(h, additive, start..m.num_layers(), swap)?;
+            let got = mean_pool_normalize(&h, mask)?.to_vec2::<f32>()?;
+            let loss: f64 = rows.iter().zip(&got).map(|(a, b)| 1.0 - cosine(a, b)).sum();
+            Ok(loss / rows.len() as f64)
+        }
+        _ => candle_core::bail!("the float pass does not match the model family"),
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b)).max(f64::MIN_POSITIVE)
+}
+
+/// Spearman's rank correlation (ties get their average rank); `None` for fewer than 3 pairs or
+/// a constant input.
+pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.len() != b.len() || a.len() < 3 {
+        return None;
+    }
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = a.len() as f64;
+    let mean = (n + 1.0) / 2.0;
+    let (mut cov, mut va, mut vb) = (0.0, 0.0, 0.0);
+    for (x, y) in ra.iter().zip(&rb) {
+        cov += (x - mean) * (y - mean);
+        va += (x - mean).powi(2);
+        vb += (y - mean).powi(2);
+    }
+    (va > 0.0 && vb > 0.0).then(|| cov / (va * vb).sqrt())
+}
+
+/// 1-based ranks, ties sharing their average rank.
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+    let mut out = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            out[k] = rank;
+        }
+        i = j + 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spearman_matches_hand_computed_values() {
+        // Monotone but not linear: rank correlation 1.
+        assert_eq!(
+            spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 8.0, 27.0, 1e6]),
+            Some(1.0)
+        );
+        assert_eq!(spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), Some(-1.0));
+        // Ranks a = [1, 2.5, 2.5, 4], b = [1, 3, 2, 4]: cov 4.5, variances 4.5 and 5.
+        let r = spearman(&[0.1, 0.5, 0.5, 0.9], &[1.0, 3.0, 2.0, 4.0]).unwrap();
+        assert!((r - 4.5 / (4.5f64 * 5.0).sqrt()).abs() < 1e-12, "{r}");
+        assert_eq!(spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), None);
+        assert_eq!(spearman(&[1.0, 2.0], &[1.0, 2.0]), None);
+    }
+}

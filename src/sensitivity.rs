@@ -5,15 +5,16 @@
 //! embeddings for encoders), next to a cheap proxy (the importance-weighted squared weight
 //! error), with the proxy's Spearman rank correlation to the real loss.
 //!
-//! Prefix reuse: one float pass keeps the hidden states entering every layer, so a candidate
-//! in layer L starts from the float hidden states before L and only recomputes layers L.. and
-//! the head. Candidates run in parallel on the shared model (each passes its weight as a
-//! [`Swap`], nothing is mutated) and are collected in a fixed order, so the result does not
+//! Prefix reuse: the float [`Baseline`] keeps the hidden states entering every layer, so a
+//! candidate in layer L starts from them and only recomputes layers L.. and the head.
+//! Candidates run in parallel on the shared model (each passes its weight as a [`Swap`]
+//! override, nothing is mutated) and are collected in a fixed order, so the result does not
 //! depend on the thread count.
 
-use crate::calib::{Stats, TopK};
+use crate::calib::Stats;
 use crate::error::{Error, Result};
-use crate::model::bert::{additive_mask, mean_pool_normalize};
+pub use crate::eval::baseline::Metric;
+use crate::eval::baseline::{batch, Baseline};
 use crate::model::{Model, QLinear, Swap};
 use crate::quant::{Calibrator, Format};
 use candle_core::{Device, Tensor};
@@ -35,26 +36,6 @@ pub struct Options {
     pub prefix_reuse: bool,
     /// Only tensors whose name contains one of these (all when empty).
     pub tensors: Vec<String>,
-}
-
-/// The accuracy measure of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    /// Mean KL(float || quantized) of the next-token distributions over every position.
-    MeanKl,
-    /// Mean 1 - cosine between float and quantized sentence embeddings.
-    OneMinusCos,
-}
-
-impl Metric {
-    /// Short label for tables and plots.
-    pub fn label(self) -> &'static str {
-        match self {
-            Metric::MeanKl => "delta-KL",
-            Metric::OneMinusCos => "1 - cos",
-        }
-    }
 }
 
 /// One tensor in one format.
@@ -114,25 +95,6 @@ pub struct Sensitivity {
     pub spearman: Option<f64>,
 }
 
-/// The float pass a run starts from: hidden states entering every layer (and leaving the
-/// last), and the float outputs the candidates are compared with.
-struct FloatPass {
-    /// `hidden[l]` enters layer `l`; `hidden[layers]` leaves the last one.
-    hidden: Vec<Tensor>,
-    reference: Reference,
-}
-
-enum Reference {
-    /// Top-K next-token log-probabilities, position by position, sequences in order.
-    Logits(TopK),
-    /// Sentence embeddings `[sequences, hidden]` and the (all-ones) mask and additive mask.
-    Embeddings {
-        rows: Vec<Vec<f32>>,
-        mask: Tensor,
-        additive: Tensor,
-    },
-}
-
 /// Measures the sensitivity of every quantizable tensor of `model` (filtered by
 /// `options.tensors`) to each of `options.formats` on `sequences` (equal lengths), with weight
 /// importance from `stats`; `progress` is called once per measured candidate.
@@ -154,10 +116,9 @@ pub fn analyse(
     if options.formats.is_empty() {
         return Err(Error::invalid(Path::new("--formats"), "no formats given"));
     }
-    let ids: Vec<u32> = sequences.iter().flat_map(|s| s.iter().copied()).collect();
-    let ids = Tensor::from_vec(ids, (sequences.len(), seq_len), &Device::Cpu)
-        .map_err(Error::compute("token ids"))?;
-    let float = float_pass(model, &ids, options.top_k).map_err(Error::compute("float pass"))?;
+    let baseline = batch(sequences)
+        .and_then(|ids| Baseline::run(model, &ids, options.top_k))
+        .map_err(Error::compute("float pass"))?;
 
     let mut candidates = Vec::new();
     let mut skipped = Vec::new();
@@ -196,7 +157,9 @@ pub fn analyse(
     let entries = candidates
         .par_iter()
         .map(|(layer, linear, format, importance)| {
-            let entry = measure(model, &float, *layer, linear, *format, importance, options)?;
+            let entry = measure(
+                model, &baseline, *layer, linear, *format, importance, options,
+            )?;
             progress();
             Ok(entry)
         })
@@ -207,10 +170,7 @@ pub fn analyse(
         &entries.iter().map(|e| e.loss).collect::<Vec<_>>(),
     );
     Ok(Sensitivity {
-        metric: match model {
-            Model::Llama(_) => Metric::MeanKl,
-            Model::Bert(_) => Metric::OneMinusCos,
-        },
+        metric: baseline.metric(),
         sequences: sequences.len(),
         seq_len,
         calibrator: options.calibrator,
@@ -222,68 +182,9 @@ pub fn analyse(
     })
 }
 
-fn float_pass(model: &Model, ids: &Tensor, top_k: usize) -> candle_core::Result<FloatPass> {
-    match model {
-        Model::Llama(m) => {
-            let mut hidden = vec![m.embed(ids)?];
-            for l in 0..m.num_layers() {
-                let next = m.run_layers(hidden[l].clone(), l..l + 1, None)?;
-                hidden.push(next);
-            }
-            let mut reference = TopK::new(top_k);
-            for_each_chunk(&hidden[m.num_layers()], |_, h| {
-                reference.push(&m.logits(h, None)?.squeeze(0)?)
-            })?;
-            Ok(FloatPass {
-                hidden,
-                reference: Reference::Logits(reference),
-            })
-        }
-        Model::Bert(m) => {
-            let mask = ids.ones_like()?;
-            let additive = additive_mask(&mask)?;
-            let mut hidden = vec![m.embed_tokens(ids, &mask)?];
-            for l in 0..m.num_layers() {
-                let next = m.run_layers(hidden[l].clone(), &additive, l..l + 1, None)?;
-                hidden.push(next);
-            }
-            let rows = mean_pool_normalize(&hidden[m.num_layers()], &mask)?.to_vec2()?;
-            Ok(FloatPass {
-                hidden,
-                reference: Reference::Embeddings {
-                    rows,
-                    mask,
-                    additive,
-                },
-            })
-        }
-    }
-}
-
-/// Positions whose logits are in memory at once: 128 x a 49152-token vocabulary is 25 MB, under
-/// glibc's largest mmap threshold, so the buffers are reused instead of freshly zeroed pages.
-const LOGIT_CHUNK: usize = 128;
-
-/// Calls `f(first position, hidden)` for consecutive `[1, n, hidden]` slices of the hidden
-/// states `[sequences, seq, hidden]`, at most [`LOGIT_CHUNK`] positions each, in position order.
-fn for_each_chunk(
-    h: &Tensor,
-    mut f: impl FnMut(usize, &Tensor) -> candle_core::Result<()>,
-) -> candle_core::Result<()> {
-    let (sequences, seq, _) = h.dims3()?;
-    for s in 0..sequences {
-        let row = h.narrow(0, s, 1)?;
-        for start in (0..seq).step_by(LOGIT_CHUNK) {
-            let n = LOGIT_CHUNK.min(seq - start);
-            f(s * seq + start, &row.narrow(1, start, n)?)?;
-        }
-    }
-    Ok(())
-}
-
 fn measure(
     model: &Model,
-    float: &FloatPass,
+    baseline: &Baseline,
     layer: usize,
     linear: &QLinear,
     format: Format,
@@ -314,12 +215,14 @@ fn measure(
         .sum();
     let weight =
         Tensor::from_vec(fake, (rows, cols), &Device::Cpu).map_err(Error::compute(context()))?;
-    let swap = Some(Swap {
+    let swap = Swap {
         name,
         weight: &weight,
-    });
+    };
     let start = if options.prefix_reuse { layer } else { 0 };
-    let loss = candidate_loss(model, float, start, swap).map_err(Error::compute(context()))?;
+    let loss = baseline
+        .loss_from(model, start, Some(&swap))
+        .map_err(Error::compute(context()))?;
     Ok(Entry {
         tensor: name.to_string(),
         layer,
@@ -329,56 +232,6 @@ fn measure(
         loss,
         proxy,
     })
-}
-
-/// The loss of the model with `swap` in place, recomputing from layer `start` on.
-fn candidate_loss(
-    model: &Model,
-    float: &FloatPass,
-    start: usize,
-    swap: Option<Swap>,
-) -> candle_core::Result<f64> {
-    match (model, &float.reference) {
-        (Model::Llama(m), Reference::Logits(reference)) => {
-            let n = m.num_layers();
-            let h = float.hidden[start.min(n)].clone();
-            let h = m.run_layers(h, start.min(n)..n, swap)?;
-            let mut total = 0.0;
-            for_each_chunk(&h, |first, h| {
-                let logits = m.logits(h, swap)?.squeeze(0)?;
-                let vocab = logits.dim(1)?;
-                let values: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-                total += reference.kl(first, &values, vocab).iter().sum::<f64>();
-                Ok(())
-            })?;
-            Ok(total / reference.positions() as f64)
-        }
-        (
-            Model::Bert(m),
-            Reference::Embeddings {
-                rows,
-                mask,
-                additive,
-            },
-        ) => {
-            let h = float.hidden[start].clone();
-            let h = m.run_layers(h, additive, start..m.num_layers(), swap)?;
-            let got = mean_pool_normalize(&h, mask)?.to_vec2::<f32>()?;
-            let loss: f64 = rows.iter().zip(&got).map(|(a, b)| 1.0 - cosine(a, b)).sum();
-            Ok(loss / rows.len() as f64)
-        }
-        _ => candle_core::bail!("the float pass does not match the model family"),
-    }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b)).max(f64::MIN_POSITIVE)
 }
 
 /// Spearman's rank correlation (ties get their average rank); `None` for fewer than 3 pairs or

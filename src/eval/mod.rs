@@ -1,5 +1,6 @@
 //! Accuracy of a quantized model against its float reference, from real forward-pass outputs.
 
+pub mod baseline;
 pub mod metrics;
 
 pub use metrics::{

@@ -8,7 +8,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::model::arch::Family;
-use crate::model::qlinear::{QLinear, Swap};
+use crate::model::qlinear::{Overrides, QLinear};
 use crate::model::weights::{self, bad_config, Weights};
 use candle_core::{DType, Tensor, D};
 use serde::Deserialize;
@@ -309,16 +309,17 @@ impl Bert {
     }
 
     /// Runs encoder layers `range` on hidden states `(b, t, hidden)` with the additive `mask`
-    /// from [`additive_mask`], with `swap`'s weight in place of the layer it names.
+    /// from [`additive_mask`], with the layers `overrides` names computing
+    /// with its weights and input quantizers.
     pub fn run_layers(
         &self,
         mut x: Tensor,
         mask: &Tensor,
         range: Range<usize>,
-        swap: Option<Swap>,
+        overrides: Option<&dyn Overrides>,
     ) -> candle_core::Result<Tensor> {
         for layer in &self.layers[range] {
-            x = self.layer(layer, &x, mask, swap)?;
+            x = self.layer(layer, &x, mask, overrides)?;
         }
         Ok(x)
     }
@@ -333,7 +334,7 @@ impl Bert {
         layer: &Layer,
         x: &Tensor,
         mask: &Tensor,
-        swap: Option<Swap>,
+        overrides: Option<&dyn Overrides>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let heads = self.config.num_attention_heads;
@@ -343,9 +344,9 @@ impl Bert {
                 .contiguous()
         };
         let l = &layer.linears;
-        let q = split(l[QUERY].forward_swapped(x, swap)?)?;
-        let k = split(l[KEY].forward_swapped(x, swap)?)?;
-        let v = split(l[VALUE].forward_swapped(x, swap)?)?;
+        let q = split(l[QUERY].forward_with(x, overrides)?)?;
+        let k = split(l[KEY].forward_with(x, overrides)?)?;
+        let v = split(l[VALUE].forward_with(x, overrides)?)?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
         let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
         let context = probs
@@ -355,13 +356,13 @@ impl Bert {
             .reshape((b, t, h))?;
         let attn = layer
             .attn_norm
-            .forward(&(l[ATTN_OUT].forward_swapped(&context, swap)? + x)?)?;
+            .forward(&(l[ATTN_OUT].forward_with(&context, overrides)? + x)?)?;
         let inner = self
             .activation
-            .apply(&l[INTERMEDIATE].forward_swapped(&attn, swap)?)?;
+            .apply(&l[INTERMEDIATE].forward_with(&attn, overrides)?)?;
         layer
             .out_norm
-            .forward(&(l[OUTPUT].forward_swapped(&inner, swap)? + &attn)?)
+            .forward(&(l[OUTPUT].forward_with(&inner, overrides)? + &attn)?)
     }
 
     /// Sentence embeddings `(b, hidden)`: mean of the non-padding hidden states, L2-normalised

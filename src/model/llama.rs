@@ -6,7 +6,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::model::qlinear::{QLinear, Swap};
+use crate::model::qlinear::{Overrides, QLinear};
 use crate::model::weights::{self, Weights};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -309,26 +309,30 @@ impl Llama {
             .reshape((b, t, self.config.hidden_size))
     }
 
-    /// Runs decoder layers `range` on hidden states `[batch, seq, hidden]`, with `swap`'s
-    /// weight in place of the layer it names.
+    /// Runs decoder layers `range` on hidden states `[batch, seq, hidden]`, with the layers
+    /// `overrides` names computing with its weights and input quantizers.
     pub fn run_layers(
         &self,
         mut h: Tensor,
         range: Range<usize>,
-        swap: Option<Swap>,
+        overrides: Option<&dyn Overrides>,
     ) -> candle_core::Result<Tensor> {
         let pos = self.positions(h.dim(1)?, h.device())?;
         for layer in &self.layers[range] {
-            h = self.layer_forward(layer, &h, &pos, swap)?;
+            h = self.layer_forward(layer, &h, &pos, overrides)?;
         }
         Ok(h)
     }
 
-    /// Final norm and LM head: logits `[batch, seq, vocab]` (`swap` may replace an untied head).
-    pub fn logits(&self, h: &Tensor, swap: Option<Swap>) -> candle_core::Result<Tensor> {
+    /// Final norm and LM head: logits `[batch, seq, vocab]` (`overrides` may replace an untied head).
+    pub fn logits(
+        &self,
+        h: &Tensor,
+        overrides: Option<&dyn Overrides>,
+    ) -> candle_core::Result<Tensor> {
         let h = self.rms_norm(h, &self.norm)?;
         match &self.lm_head {
-            Some(head) => head.forward_swapped(&h, swap),
+            Some(head) => head.forward_with(&h, overrides),
             None => {
                 let (b, t, d) = h.dims3()?;
                 h.reshape((b * t, d))?.matmul(&self.embed.t()?)?.reshape((
@@ -380,7 +384,7 @@ impl Llama {
         l: &Layer,
         x: &Tensor,
         pos: &Positions,
-        swap: Option<Swap>,
+        overrides: Option<&dyn Overrides>,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (b, t, _) = x.dims3()?;
@@ -390,9 +394,9 @@ impl Llama {
         let split = |y: Tensor, nh: usize| -> candle_core::Result<Tensor> {
             y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()
         };
-        let q = split(l.q.forward_swapped(&n, swap)?, heads)?;
-        let k = split(l.k.forward_swapped(&n, swap)?, kv_heads)?;
-        let v = split(l.v.forward_swapped(&n, swap)?, kv_heads)?;
+        let q = split(l.q.forward_with(&n, overrides)?, heads)?;
+        let k = split(l.k.forward_with(&n, overrides)?, kv_heads)?;
+        let v = split(l.v.forward_with(&n, overrides)?, kv_heads)?;
         let rope = if self.differentiable {
             candle_nn::rotary_emb::rope_slow
         } else {
@@ -414,11 +418,12 @@ impl Llama {
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, heads * hd))?;
-        let x = (x + l.o.forward_swapped(&attn, swap)?)?;
+        let x = (x + l.o.forward_with(&attn, overrides)?)?;
 
         let n = self.rms_norm(&x, &l.post_norm)?;
-        let mlp = (l.gate.forward_swapped(&n, swap)?.silu()? * l.up.forward_swapped(&n, swap)?)?;
-        x + l.down.forward_swapped(&mlp, swap)?
+        let mlp =
+            (l.gate.forward_with(&n, overrides)?.silu()? * l.up.forward_with(&n, overrides)?)?;
+        x + l.down.forward_with(&mlp, overrides)?
     }
 }
 

@@ -8,7 +8,7 @@ pub mod qlinear;
 pub mod weights;
 
 pub use arch::{Architecture, DetectedFrom, Family, MatmulWeight};
-pub use qlinear::{ActivationObserver, QLinear, Recorder, Swap, WeightSource};
+pub use qlinear::{ActivationObserver, Overrides, QLinear, Recorder, Swap, WeightSource};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};

@@ -24,14 +24,30 @@ pub trait ActivationObserver: Send + Sync {
     fn observe(&self, linear: &str, input: &Tensor) -> candle_core::Result<()>;
 }
 
-/// A replacement weight for the one layer named `name`, for a single forward pass: it leaves
-/// the shared model untouched, so candidates that differ in one tensor can run in parallel.
-#[derive(Clone, Copy)]
+/// Replacements for some layers' weights and input quantizers during one forward pass. The
+/// shared model stays untouched, so differently quantized variants can run in parallel.
+pub trait Overrides: Sync {
+    /// The weight (f32, the layer's shape) to multiply by instead of `linear`'s own, if any.
+    fn weight(&self, linear: &str) -> Option<&Tensor>;
+
+    /// The input quantizer to use instead of `linear`'s own (`Some(None)`: float input).
+    fn input_quant(&self, _linear: &str) -> Option<Option<ActivationQuant>> {
+        None
+    }
+}
+
+/// One layer's weight replaced: the override a sensitivity candidate needs.
 pub struct Swap<'a> {
     /// Checkpoint name of the layer's weight.
     pub name: &'a str,
     /// The weight to use instead (same shape, f32).
     pub weight: &'a Tensor,
+}
+
+impl Overrides for Swap<'_> {
+    fn weight(&self, linear: &str) -> Option<&Tensor> {
+        (linear == self.name).then_some(self.weight)
+    }
 }
 
 /// A linear layer `y = x W^T + b` whose weight can be swapped and whose input can be observed.
@@ -144,14 +160,19 @@ impl QLinear {
 
 impl Module for QLinear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_swapped(x, None)
+        self.forward_with(x, None)
     }
 }
 
 impl QLinear {
-    /// The forward pass, multiplying by `swap`'s weight instead when it names this layer.
-    /// `x` is `[..., in]`; the matmul runs on the flattened `[tokens, in]` view.
-    pub fn forward_swapped(&self, x: &Tensor, swap: Option<Swap>) -> candle_core::Result<Tensor> {
+    /// The forward pass, with this layer's weight and input quantizer taken from `overrides`
+    /// where it has them. `x` is `[..., in]`; the matmul runs on the flattened `[tokens, in]`
+    /// view.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        overrides: Option<&dyn Overrides>,
+    ) -> candle_core::Result<Tensor> {
         let dims = x.dims();
         let (out, inp) = self.shape();
         let (last, lead) = dims
@@ -170,13 +191,16 @@ impl QLinear {
             obs.observe(&self.name, &x2)?;
         }
         // Observers see the float input (calibration); the matmul sees the quantized one.
-        let x2 = match self.input_quant() {
+        let quant = overrides
+            .and_then(|o| o.input_quant(&self.name))
+            .unwrap_or_else(|| self.input_quant());
+        let x2 = match quant {
             Some(q) => q.apply(&x2)?,
             None => x2,
         };
-        let w = match swap {
-            Some(s) if s.name == self.name => s.weight.clone(),
-            _ => self.read_active().1.clone(),
+        let w = match overrides.and_then(|o| o.weight(&self.name)) {
+            Some(w) => w.clone(),
+            None => self.read_active().1.clone(),
         };
         let mut y = x2.matmul(&w.t()?)?;
         if let Some(b) = &self.bias {

@@ -12,6 +12,7 @@ pub mod import;
 pub mod model;
 pub mod quant;
 pub mod report;
+pub mod search;
 pub mod sensitivity;
 
 pub use error::{Error, Result};

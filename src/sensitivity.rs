@@ -48,7 +48,7 @@ pub struct Entry {
     /// `[rows, cols]` of the weight.
     pub shape: [usize; 2],
     /// The candidate format.
-    #[serde(with = "crate::quant::format::by_name")]
+    #[serde(with = "crate::quant::by_name")]
     pub format: Format,
     /// Exact bits per weight of the format on this shape (scales and zero-points included).
     pub bits_per_weight: f64,
@@ -66,7 +66,7 @@ pub struct Skipped {
     /// Checkpoint name of the weight.
     pub tensor: String,
     /// The format it cannot be stored in.
-    #[serde(with = "crate::quant::format::by_name")]
+    #[serde(with = "crate::quant::by_name")]
     pub format: Format,
     /// The reason.
     pub reason: String,
@@ -82,6 +82,7 @@ pub struct Sensitivity {
     /// Tokens per sequence.
     pub seq_len: usize,
     /// The weight calibrator used.
+    #[serde(with = "crate::quant::by_name")]
     pub calibrator: Calibrator,
     /// Whether candidates started from the float prefix.
     pub prefix_reuse: bool,

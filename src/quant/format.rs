@@ -288,24 +288,6 @@ impl FromStr for Format {
     }
 }
 
-/// Serde (de)serialisation of a [`Format`] as its name (`int4-g32-asym`, `q4_k`, `f16`), for
-/// files people read: `#[serde(with = "crate::quant::format::by_name")]`.
-pub mod by_name {
-    use super::Format;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Writes the format's name.
-    pub fn serialize<S: Serializer>(format: &Format, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(format)
-    }
-
-    /// Parses a format name.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Format, D::Error> {
-        let name = String::deserialize(d)?;
-        name.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,29 @@ pub mod histogram;
 pub mod int;
 
 pub use activation::ActivationQuant;
+
+/// Serde (de)serialisation of a value as its display name (`int4-g32-asym`, `q4_k`, `mse`,
+/// `percentile:99.9`), for files people read: `#[serde(with = "crate::quant::by_name")]`.
+pub mod by_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    /// Writes the value's name.
+    pub fn serialize<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    /// Parses a name.
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr<Err: Display>,
+        D: Deserializer<'de>,
+    {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
 pub use calibrate::{Calibrator, Quantizer};
 pub use format::{FloatType, Format, GgufType, Granularity, IntFormat, Scheme};
 pub use histogram::Histogram;

@@ -1,0 +1,314 @@
+//! Fitness of genomes from real quantized forward passes against the float [`Baseline`].
+//!
+//! Three caches keep the search fast without changing any result:
+//! - fake-quantized weights per (tensor, format, calibrator), built once;
+//! - losses per genome (by [`Genome::key`]), so a genome met again costs nothing;
+//! - hidden states entering a few checkpoint layers, keyed by [`Genome::prefix_key`]: a genome
+//!   that shares every choice before layer L with one evaluated earlier (a child that differs
+//!   from its parent only in later layers) starts at L. A genome that is float before its first
+//!   quantized layer starts from the baseline's hidden states there.
+//!
+//! A cached hidden state is bit-identical to the recomputed one (same ops on the same inputs),
+//! so results do not depend on what happened to be cached, nor on the thread count.
+
+use super::genome::{Gene, Genome, Space};
+use crate::calib::Stats;
+use crate::error::{Error, Result};
+use crate::eval::baseline::{layers, Baseline};
+use crate::model::{Model, Overrides};
+use crate::quant::{ActivationQuant, Calibrator, Format};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Calibrator for activation ranges: measured best of the four on SmolLM2's heavy-tailed
+/// inputs at A8 (tests/activation_quant.rs).
+const ACTIVATION_CALIBRATOR: Calibrator = Calibrator::Mse;
+
+/// Hidden states are kept entering every `PREFIX_STRIDE`-th layer.
+const PREFIX_STRIDE: usize = 4;
+
+/// Scores genomes by real forward passes.
+pub struct Evaluator<'a> {
+    model: &'a Model,
+    space: &'a Space,
+    baseline: &'a Baseline,
+    layer_of: Vec<usize>,
+    importance: Vec<Vec<f32>>,
+    /// Per layer, the activation quantizer of each of its tensors' inputs per bit width.
+    activation: Vec<HashMap<u32, Vec<ActivationQuant>>>,
+    weights: Mutex<TensorCache<(usize, Gene)>>,
+    losses: Mutex<HashMap<u64, f64>>,
+    prefixes: Mutex<TensorCache<(usize, u64)>>,
+    requests: AtomicU64,
+    hits: AtomicU64,
+}
+
+/// Counters of an evaluator's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Genomes asked for.
+    pub requests: u64,
+    /// Of those, answered from the genome cache.
+    pub hits: u64,
+}
+
+/// Tensors by key, the oldest dropped first once their bytes exceed the capacity.
+struct TensorCache<K> {
+    capacity: usize,
+    used: usize,
+    order: VecDeque<K>,
+    map: HashMap<K, Tensor>,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> TensorCache<K> {
+    fn new(capacity: usize) -> Self {
+        TensorCache {
+            capacity,
+            used: 0,
+            order: VecDeque::new(),
+            map: HashMap::new(),
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<Tensor> {
+        self.map.get(key).cloned()
+    }
+
+    fn put(&mut self, key: K, t: &Tensor) {
+        let bytes = t.elem_count() * t.dtype().size_in_bytes();
+        if bytes > self.capacity || self.map.contains_key(&key) {
+            return;
+        }
+        while self.used + bytes > self.capacity {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = self.map.remove(&old) {
+                self.used -= gone.elem_count() * gone.dtype().size_in_bytes();
+            }
+        }
+        self.used += bytes;
+        self.order.push_back(key);
+        self.map.insert(key, t.clone());
+    }
+}
+
+/// A genome's weights and input quantizers as per-forward overrides.
+struct GenomeOverrides<'g> {
+    weights: HashMap<&'g str, Tensor>,
+    quants: HashMap<&'g str, Option<ActivationQuant>>,
+}
+
+impl Overrides for GenomeOverrides<'_> {
+    fn weight(&self, linear: &str) -> Option<&Tensor> {
+        self.weights.get(linear)
+    }
+
+    fn input_quant(&self, linear: &str) -> Option<Option<ActivationQuant>> {
+        self.quants.get(linear).copied()
+    }
+}
+
+impl<'a> Evaluator<'a> {
+    /// An evaluator for genomes of `space` on `model`, against `baseline`, with importance and
+    /// activation histograms from `stats`; caches up to `cache_bytes` of fake-quantized weights
+    /// and as much again of hidden states.
+    pub fn new(
+        model: &'a Model,
+        space: &'a Space,
+        baseline: &'a Baseline,
+        stats: &Stats,
+        cache_bytes: usize,
+    ) -> Result<Evaluator<'a>> {
+        let missing = |name: &str| {
+            Error::invalid(
+                Path::new("<calibration statistics>"),
+                format!("no statistics for {name}"),
+            )
+        };
+        let mut importance = Vec::with_capacity(space.slots.len());
+        let mut activation: Vec<HashMap<u32, Vec<ActivationQuant>>> =
+            vec![HashMap::new(); space.layers];
+        for slot in &space.slots {
+            let s = stats
+                .linear(&slot.name)
+                .ok_or_else(|| missing(&slot.name))?;
+            importance.push(s.importance());
+            for bits in space.activation_bits.iter().flatten() {
+                let q =
+                    ActivationQuant::calibrated(ACTIVATION_CALIBRATOR, &s.histogram, *bits, false)
+                        .map_err(|m| Error::invalid(Path::new(&slot.name), m))?;
+                activation[slot.layer].entry(*bits).or_default().push(q);
+            }
+        }
+        Ok(Evaluator {
+            model,
+            space,
+            baseline,
+            layer_of: space.layer_of(),
+            importance,
+            activation,
+            weights: Mutex::new(TensorCache::new(cache_bytes)),
+            losses: Mutex::new(HashMap::new()),
+            prefixes: Mutex::new(TensorCache::new(cache_bytes)),
+            requests: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        })
+    }
+
+    /// The space genomes come from.
+    pub fn space(&self) -> &Space {
+        self.space
+    }
+
+    /// Work done so far.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            requests: self.requests.load(Ordering::Relaxed),
+            hits: self.hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Losses of `genomes` in order, evaluating distinct uncached ones in parallel.
+    pub fn losses(&self, genomes: &[Genome]) -> Result<Vec<f64>> {
+        self.requests
+            .fetch_add(genomes.len() as u64, Ordering::Relaxed);
+        let mut todo: Vec<&Genome> = Vec::new();
+        {
+            let cache = lock(&self.losses);
+            for g in genomes {
+                if !cache.contains_key(&g.key()) && !todo.iter().any(|t| t.key() == g.key()) {
+                    todo.push(g);
+                }
+            }
+        }
+        self.hits
+            .fetch_add((genomes.len() - todo.len()) as u64, Ordering::Relaxed);
+        let fresh = todo
+            .par_iter()
+            .map(|g| self.evaluate(g).map(|l| (g.key(), l)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut cache = lock(&self.losses);
+        cache.extend(fresh);
+        Ok(genomes.iter().map(|g| cache[&g.key()]).collect())
+    }
+
+    /// Known losses (for saving the search state).
+    pub fn known(&self) -> Vec<(u64, f64)> {
+        let mut all: Vec<(u64, f64)> = lock(&self.losses).iter().map(|(k, v)| (*k, *v)).collect();
+        all.sort_by_key(|e| e.0);
+        all
+    }
+
+    /// Seeds the genome cache (from a saved search state).
+    pub fn remember(&self, known: &[(u64, f64)]) {
+        lock(&self.losses).extend(known.iter().copied());
+    }
+
+    fn evaluate(&self, g: &Genome) -> Result<f64> {
+        let context = || format!("genome {:016x}", g.key());
+        let overrides = self.overrides(g)?;
+        let n = layers(self.model);
+        // The first layer where the genome quantizes anything; before it the model is float.
+        let first = g
+            .genes
+            .iter()
+            .zip(&self.layer_of)
+            .filter(|(gene, _)| !matches!(gene.format, Format::Float(crate::quant::FloatType::F32)))
+            .map(|(_, &l)| l)
+            .chain(g.activation_bits.iter().position(Option::is_some))
+            .min()
+            .unwrap_or(n)
+            .min(n);
+        let mut start = first;
+        let mut h = self.baseline.hidden(first).clone();
+        {
+            let cache = lock(&self.prefixes);
+            for l in (first + 1..=n).rev().filter(|l| l % PREFIX_STRIDE == 0) {
+                if let Some(state) = cache.get(&(l, g.prefix_key(&self.layer_of, l))) {
+                    (start, h) = (l, state);
+                    break;
+                }
+            }
+        }
+        let run = || -> candle_core::Result<f64> {
+            let mut h = h;
+            let mut l = start;
+            while l < n {
+                let next = ((l / PREFIX_STRIDE + 1) * PREFIX_STRIDE).min(n);
+                h = self
+                    .baseline
+                    .advance(self.model, h, l..next, Some(&overrides))?;
+                l = next;
+                if l % PREFIX_STRIDE == 0 && l < n {
+                    lock(&self.prefixes).put((l, g.prefix_key(&self.layer_of, l)), &h);
+                }
+            }
+            self.baseline.loss(self.model, &h, Some(&overrides))
+        };
+        run().map_err(Error::compute(context()))
+    }
+
+    fn overrides<'g>(&self, g: &'g Genome) -> Result<GenomeOverrides<'g>>
+    where
+        'a: 'g,
+    {
+        self.space
+            .check(g)
+            .map_err(|m| Error::invalid(Path::new("genome"), m))?;
+        let mut weights = HashMap::new();
+        let mut quants = HashMap::new();
+        let mut index_in_layer: HashMap<usize, usize> = HashMap::new();
+        for (i, (slot, gene)) in self.space.slots.iter().zip(&g.genes).enumerate() {
+            weights.insert(slot.name.as_str(), self.weight(i, *gene)?);
+            let k = index_in_layer.entry(slot.layer).or_default();
+            let quant = g.activation_bits[slot.layer]
+                .and_then(|b| self.activation[slot.layer].get(&b).map(|qs| qs[*k]));
+            *k += 1;
+            quants.insert(slot.name.as_str(), quant);
+        }
+        Ok(GenomeOverrides { weights, quants })
+    }
+
+    /// The fake-quantized weight of slot `i` for `gene`, built once.
+    fn weight(&self, i: usize, gene: Gene) -> Result<Tensor> {
+        if let Some(w) = lock(&self.weights).get(&(i, gene)) {
+            return Ok(w);
+        }
+        let slot = &self.space.slots[i];
+        let linear = self
+            .model
+            .linears()
+            .into_iter()
+            .find(|l| l.name() == slot.name)
+            .ok_or_else(|| Error::invalid(Path::new(&slot.name), "not a layer of the model"))?;
+        let [rows, cols] = slot.shape;
+        let context = || format!("{} in {}", slot.name, gene.format);
+        let w: Vec<f32> = linear
+            .float_weight()
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(Error::compute(context()))?;
+        let fake = crate::quant::fake_quantize(
+            &w,
+            rows,
+            cols,
+            gene.format,
+            gene.calibrator,
+            Some(&self.importance[i]),
+        )
+        .map_err(|m| Error::unsupported(Path::new(&slot.name), m))?;
+        let t = Tensor::from_vec(fake, (rows, cols), &Device::Cpu)
+            .map_err(Error::compute(context()))?;
+        lock(&self.weights).put((i, gene), &t);
+        Ok(t)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

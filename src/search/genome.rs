@@ -1,0 +1,322 @@
+//! The search space and its points: a [`Genome`] gives every quantizable tensor a format and a
+//! weight calibrator, and every layer its activation bits; a [`Space`] says which values each
+//! tensor may take (legal on the target and for its shape) and counts exact bytes.
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::quant::{Calibrator, Format};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One tensor's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Gene {
+    /// Storage format.
+    #[serde(with = "crate::quant::by_name")]
+    pub format: Format,
+    /// Calibrator choosing its ranges.
+    #[serde(with = "crate::quant::by_name")]
+    pub calibrator: Calibrator,
+}
+
+/// A whole-model quantization: one gene per tensor (forward order) and per layer the
+/// activation bits (`None`: float activations).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Genome {
+    /// Per quantizable tensor, in forward order.
+    pub genes: Vec<Gene>,
+    /// Per layer.
+    pub activation_bits: Vec<Option<u32>>,
+}
+
+/// FNV-1a, 64 bit: a hash that is the same on every platform and Rust version, so cache keys
+/// in saved state files stay valid.
+fn fnv(bytes: impl IntoIterator<Item = u8>, mut h: u64) -> u64 {
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+impl Genome {
+    /// Stable hash of the whole genome.
+    pub fn key(&self) -> u64 {
+        self.prefix_key(&[], usize::MAX)
+    }
+
+    /// Stable hash of what decides the hidden states entering layer `layer`: the genes of the
+    /// tensors in earlier layers (`layer_of[i]` is tensor i's layer) and their activation bits.
+    pub fn prefix_key(&self, layer_of: &[usize], layer: usize) -> u64 {
+        let mut h = FNV_OFFSET;
+        for (i, g) in self.genes.iter().enumerate() {
+            if layer_of.get(i).is_some_and(|&l| l >= layer) {
+                break;
+            }
+            h = fnv(format!("{}/{};", g.format, g.calibrator).into_bytes(), h);
+        }
+        for bits in self.activation_bits.iter().take(layer) {
+            h = fnv(format!("{bits:?};").into_bytes(), h);
+        }
+        h
+    }
+}
+
+/// One quantizable tensor and the formats it may take.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Slot {
+    /// Checkpoint name of the weight.
+    pub name: String,
+    /// Layer it sits in (an untied LM head: the layer after the last).
+    pub layer: usize,
+    /// `[rows, cols]`.
+    pub shape: [usize; 2],
+    /// Legal formats, fewest bytes first.
+    #[serde(skip)]
+    pub formats: Vec<Format>,
+}
+
+impl Slot {
+    /// Exact storage bytes of this tensor in `format`.
+    pub fn bytes(&self, format: Format) -> u64 {
+        format.storage_bytes(self.shape[0], self.shape[1]) as u64
+    }
+}
+
+/// The values a genome may take.
+#[derive(Debug, Clone)]
+pub struct Space {
+    /// Every quantizable tensor in forward order.
+    pub slots: Vec<Slot>,
+    /// Weight calibrators to choose from.
+    pub calibrators: Vec<Calibrator>,
+    /// Activation bit options per layer (`None`: float).
+    pub activation_bits: Vec<Option<u32>>,
+    /// Number of layers genomes give activation bits to.
+    pub layers: usize,
+}
+
+/// A genome with tensor names, for files people read and for reloading against a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedGenome {
+    /// Per tensor: its name and gene.
+    pub tensors: Vec<NamedGene>,
+    /// Per layer activation bits (`null`: float).
+    pub activation_bits: Vec<Option<u32>>,
+}
+
+/// A gene with its tensor's name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedGene {
+    /// Checkpoint name of the weight.
+    pub name: String,
+    /// Its format and calibrator.
+    #[serde(flatten)]
+    pub gene: Gene,
+}
+
+impl Space {
+    /// The space of `model`'s quantizable tensors with, per tensor, the formats among
+    /// `formats` that `legal(format, rows, cols)` accepts; an error names a tensor none fits.
+    pub fn new(
+        model: &Model,
+        formats: &[Format],
+        legal: impl Fn(Format, usize, usize) -> bool,
+        calibrators: Vec<Calibrator>,
+        activation_bits: Vec<Option<u32>>,
+    ) -> Result<Space> {
+        let mut slots = Vec::new();
+        let groups = model.linears_by_layer();
+        for (layer, linears) in groups.iter().enumerate() {
+            for l in linears {
+                let (rows, cols) = l.shape();
+                let mut ok: Vec<Format> = formats
+                    .iter()
+                    .copied()
+                    .filter(|f| f.check(rows, cols).is_ok() && legal(*f, rows, cols))
+                    .collect();
+                ok.sort_by_key(|f| (f.storage_bytes(rows, cols), *f));
+                ok.dedup();
+                if ok.is_empty() {
+                    return Err(Error::unsupported(
+                        Path::new(l.name()),
+                        format!("none of the candidate formats can store this {rows}x{cols} weight on the target"),
+                    ));
+                }
+                slots.push(Slot {
+                    name: l.name().to_string(),
+                    layer,
+                    shape: [rows, cols],
+                    formats: ok,
+                });
+            }
+        }
+        if calibrators.is_empty() || activation_bits.is_empty() {
+            return Err(Error::invalid(
+                Path::new("search space"),
+                "needs at least one calibrator and one activation option",
+            ));
+        }
+        Ok(Space {
+            slots,
+            calibrators,
+            activation_bits,
+            layers: groups.len(),
+        })
+    }
+
+    /// Layer of every slot, in slot order.
+    pub fn layer_of(&self) -> Vec<usize> {
+        self.slots.iter().map(|s| s.layer).collect()
+    }
+
+    /// Parameters in the quantizable tensors.
+    pub fn parameters(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| (s.shape[0] * s.shape[1]) as u64)
+            .sum()
+    }
+
+    /// Exact bytes of the quantizable tensors stored as `g` says.
+    pub fn bytes(&self, g: &Genome) -> u64 {
+        self.slots
+            .iter()
+            .zip(&g.genes)
+            .map(|(s, gene)| s.bytes(gene.format))
+            .sum()
+    }
+
+    /// Bits per weight of the quantizable tensors (scales and zero-points included).
+    pub fn bits_per_weight(&self, g: &Genome) -> f64 {
+        self.bytes(g) as f64 * 8.0 / self.parameters().max(1) as f64
+    }
+
+    /// Every tensor in `format` with `calibrator` and activations at `bits`, if legal for all.
+    pub fn uniform(
+        &self,
+        format: Format,
+        calibrator: Calibrator,
+        bits: Option<u32>,
+    ) -> Option<Genome> {
+        self.slots
+            .iter()
+            .all(|s| s.formats.contains(&format))
+            .then(|| Genome {
+                genes: vec![Gene { format, calibrator }; self.slots.len()],
+                activation_bits: vec![bits; self.layers],
+            })
+    }
+
+    /// Whether every value of `g` is allowed here; the error says which is not.
+    pub fn check(&self, g: &Genome) -> std::result::Result<(), String> {
+        if g.genes.len() != self.slots.len() || g.activation_bits.len() != self.layers {
+            return Err(format!(
+                "genome has {} tensors and {} layers, the model {} and {}",
+                g.genes.len(),
+                g.activation_bits.len(),
+                self.slots.len(),
+                self.layers
+            ));
+        }
+        for (s, gene) in self.slots.iter().zip(&g.genes) {
+            if !s.formats.contains(&gene.format) {
+                return Err(format!("{}: format {} is not allowed", s.name, gene.format));
+            }
+            if !self.calibrators.contains(&gene.calibrator) {
+                return Err(format!(
+                    "{}: calibrator {} is not allowed",
+                    s.name, gene.calibrator
+                ));
+            }
+        }
+        match g
+            .activation_bits
+            .iter()
+            .find(|b| !self.activation_bits.contains(b))
+        {
+            Some(b) => Err(format!("activation bits {b:?} are not allowed")),
+            None => Ok(()),
+        }
+    }
+
+    /// `g` with tensor names.
+    pub fn named(&self, g: &Genome) -> NamedGenome {
+        NamedGenome {
+            tensors: self
+                .slots
+                .iter()
+                .zip(&g.genes)
+                .map(|(s, gene)| NamedGene {
+                    name: s.name.clone(),
+                    gene: *gene,
+                })
+                .collect(),
+            activation_bits: g.activation_bits.clone(),
+        }
+    }
+
+    /// The genome of a named one, checked against this space (names in the same order).
+    pub fn unnamed(&self, n: &NamedGenome) -> std::result::Result<Genome, String> {
+        if let Some((s, t)) = self
+            .slots
+            .iter()
+            .zip(&n.tensors)
+            .find(|(s, t)| s.name != t.name)
+        {
+            return Err(format!("expected tensor {}, found {}", s.name, t.name));
+        }
+        let g = Genome {
+            genes: n.tensors.iter().map(|t| t.gene).collect(),
+            activation_bits: n.activation_bits.clone(),
+        };
+        self.check(&g)?;
+        Ok(g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gene(f: &str) -> Gene {
+        Gene {
+            format: f.parse().unwrap(),
+            calibrator: Calibrator::Mse,
+        }
+    }
+
+    #[test]
+    fn keys_are_stable_and_prefix_keys_ignore_later_layers() {
+        let a = Genome {
+            genes: vec![
+                gene("int4-g32-asym"),
+                gene("int8-channel-sym"),
+                gene("int2-g32-asym"),
+            ],
+            activation_bits: vec![None, Some(8)],
+        };
+        let mut b = a.clone();
+        b.genes[2] = gene("int3-g32-asym");
+        let layer_of = [0, 0, 1];
+        assert_ne!(a.key(), b.key());
+        assert_eq!(a.prefix_key(&layer_of, 1), b.prefix_key(&layer_of, 1));
+        assert_ne!(a.prefix_key(&layer_of, 2), b.prefix_key(&layer_of, 2));
+        b.activation_bits[0] = Some(16);
+        assert_ne!(a.prefix_key(&layer_of, 1), b.prefix_key(&layer_of, 1));
+        // A fixed value: keys saved in state files must not change between builds.
+        let one = Genome {
+            genes: vec![gene("int4-g32-asym")],
+            activation_bits: vec![None],
+        };
+        assert_eq!(one.key(), fnv(*b"int4-g32-asym/mse;None;", FNV_OFFSET));
+        let json = serde_json::to_string(&one).unwrap();
+        assert!(
+            json.contains(r#""format":"int4-g32-asym","calibrator":"mse""#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Genome>(&json).unwrap(), one);
+    }
+}

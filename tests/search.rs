@@ -1,0 +1,163 @@
+//! The evolutionary search on the committed demo model: it never does worse than its best
+//! seed, its front does not depend on the thread count, and a search interrupted after one
+//! generation and resumed from its state file ends where an uninterrupted one does.
+
+use qpipe::calib;
+use qpipe::checkpoint::Checkpoint;
+use qpipe::eval::baseline::{batch, Baseline};
+use qpipe::model::Model;
+use qpipe::quant::{Calibrator, Format};
+use qpipe::search::fitness::Evaluator;
+use qpipe::search::genome::{Genome, Space};
+use qpipe::search::{self, Constraints, CostModel, Outcome, Settings};
+use qpipe::sensitivity::{self, Options};
+use std::path::Path;
+
+/// A stand-in target whose latency and energy grow with the bytes read.
+struct Bytes;
+
+impl CostModel for Bytes {
+    fn latency_ms(&self, space: &Space, g: &Genome) -> f64 {
+        space.bytes(g) as f64 / 1e6
+    }
+    fn energy_mj(&self, space: &Space, g: &Genome) -> f64 {
+        space.bytes(g) as f64 / 1e7
+    }
+}
+
+fn formats() -> Vec<Format> {
+    [
+        "int8-channel-sym",
+        "int4-g32-asym",
+        "int3-g32-asym",
+        "int2-g32-asym",
+    ]
+    .iter()
+    .map(|f| f.parse().unwrap())
+    .collect()
+}
+
+#[test]
+fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ckpt = Checkpoint::open(root.join("models/tiny")).unwrap();
+    let tok = qpipe::data::tokenizer(&ckpt).unwrap();
+    let ids = qpipe::data::encode_file(&tok, &root.join("calibration-data/sotu-calibration.txt"))
+        .unwrap();
+    let model = Model::load(&ckpt).unwrap();
+    let seqs = qpipe::data::sequences(&ids, 128, 512);
+    let stats = calib::collect(&model, &seqs, 1).unwrap();
+    let sens = sensitivity::analyse(
+        &model,
+        &seqs,
+        &stats,
+        &Options {
+            formats: formats(),
+            calibrator: Calibrator::Mse,
+            top_k: 64,
+            prefix_reuse: true,
+            tensors: vec![],
+        },
+        &|| {},
+    )
+    .unwrap();
+    let baseline = Baseline::run(&model, &batch(&seqs).unwrap(), 64).unwrap();
+    let space = Space::new(
+        &model,
+        &formats(),
+        |_, _, _| true,
+        vec![Calibrator::Mse],
+        vec![None],
+    )
+    .unwrap();
+    let settings = Settings {
+        population: 8,
+        generations: 3,
+        seed: 7,
+        constraints: Constraints {
+            max_bpw: Some(3.9),
+            ..Constraints::default()
+        },
+    };
+    let search = |threads: usize, settings: &Settings, state: Option<(&Path, bool)>| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let evaluator = Evaluator::new(&model, &space, &baseline, &stats, 1 << 28).unwrap();
+                search::run(&evaluator, &Bytes, Some(&sens), settings, state, &|_| {})
+            })
+    };
+
+    let two: Outcome = search(2, &settings, None).unwrap();
+    let best_seed = two
+        .seeds
+        .iter()
+        .filter(|p| p.fitness.bits_per_weight <= 3.9)
+        .map(|p| p.fitness.loss)
+        .fold(f64::INFINITY, f64::min);
+    let selected = two.selected.clone().expect("a genome within 3.9 bpw");
+    for p in &two.seeds {
+        eprintln!(
+            "seed {:<28} {:.3} bpw loss {:.4e}",
+            p.origin, p.fitness.bits_per_weight, p.fitness.loss
+        );
+    }
+    eprintln!(
+        "selected ({}) {:.3} bpw loss {:.4e}; front of {}; {} requests, {} cache hits",
+        selected.origin,
+        selected.fitness.bits_per_weight,
+        selected.fitness.loss,
+        two.front.len(),
+        two.requests,
+        two.cache_hits
+    );
+    assert!(selected.fitness.bits_per_weight <= 3.9);
+    assert!(
+        selected.fitness.loss <= best_seed,
+        "{} > {best_seed}",
+        selected.fitness.loss
+    );
+    assert!(two.seeds.iter().any(|p| p.origin.starts_with("lagrangian")));
+    assert!(two
+        .front
+        .windows(2)
+        .all(|w| w[0].fitness.bytes <= w[1].fitness.bytes));
+
+    let one = search(1, &settings, None).unwrap();
+    assert!(
+        one.front == two.front && one.selected == two.selected,
+        "thread count changed the front"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let first = Settings {
+        generations: 1,
+        ..settings.clone()
+    };
+    search(2, &first, Some((&state, false))).unwrap();
+    let resumed = search(2, &settings, Some((&state, true))).unwrap();
+    assert!(
+        resumed.front == two.front && resumed.selected == two.selected,
+        "resume diverged"
+    );
+    let fresh = |o: &Outcome| o.requests - o.cache_hits;
+    assert!(
+        fresh(&resumed) < fresh(&two),
+        "the resumed search redid finished work"
+    );
+
+    let other = Settings {
+        seed: 8,
+        ..settings
+    };
+    let err = search(2, &other, Some((&state, true)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("state.json") && err.contains("other settings"),
+        "{err}"
+    );
+}

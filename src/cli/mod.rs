@@ -5,6 +5,7 @@
 
 pub mod import;
 pub mod inspect;
+pub mod targets;
 
 use crate::error::{Error, Result};
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Convert a GGUF model (llama/qwen2) to F32 safetensors, config.json and tokenizer.json.
     Import(import::Args),
+    /// Hardware targets: legal formats, cost-model parameters and sources; cost estimates.
+    Targets(targets::Args),
 }
 
 /// Runs the parsed command, writing results to `out`; returns the process exit code.
@@ -34,6 +37,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<i32> {
     match cli.command {
         Command::Inspect(args) => inspect::run(&args, out),
         Command::Import(args) => import::run(&args, out),
+        Command::Targets(args) => targets::run(&args, out),
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use common::median_secs;
 use half::f16;
+use qpipe::hardware::measure::read_pass;
 use qpipe_kernels::{gemm_with, gemv_with, packed_len, Backend, PackedMatrix, Zeros};
 use rayon::prelude::*;
 
@@ -81,21 +82,6 @@ impl Owned {
         )
         .expect("benchmark matrix is consistent")
     }
-}
-
-/// A parallel read-only pass over `buf`: XOR of all u64 words, eight lanes per thread.
-fn read_pass(buf: &[u64]) -> u64 {
-    buf.par_chunks(1 << 16)
-        .map(|c| {
-            let mut a = [0u64; 8];
-            for w in c.chunks_exact(8) {
-                for l in 0..8 {
-                    a[l] ^= w[l];
-                }
-            }
-            a.iter().fold(0, |p, q| p ^ q)
-        })
-        .reduce(|| 0, |p, q| p ^ q)
 }
 
 /// Timings of a kernel paired with a read-only pass over the same number of bytes.

@@ -6,6 +6,7 @@
 pub mod import;
 pub mod inspect;
 pub mod sensitivity;
+pub mod targets;
 
 use crate::error::{Error, Result};
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ pub enum Command {
     Import(import::Args),
     /// Measured accuracy loss of quantizing each matmul weight alone, per candidate format.
     Sensitivity(sensitivity::Args),
+    /// Hardware targets: legal formats, cost-model parameters and sources; cost estimates.
+    Targets(targets::Args),
 }
 
 /// Runs the parsed command, writing results to `out`; returns the process exit code.
@@ -38,6 +41,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<i32> {
         Command::Inspect(args) => inspect::run(&args, out),
         Command::Import(args) => import::run(&args, out),
         Command::Sensitivity(args) => sensitivity::run(&args, out),
+        Command::Targets(args) => targets::run(&args, out),
     }
 }
 

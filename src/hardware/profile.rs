@@ -1,0 +1,502 @@
+//! Target profiles: the data file embedded in the binary (`targets.json`), its validation, and
+//! the legality of a (weight format, activation) pair on a target.
+//!
+//! Every number in the file carries its source (`datasheet: ...`, `paper: ...` or
+//! `assumed: <reason>`); measured targets (`host`, `llama-cpp`) leave peak rates, bandwidth,
+//! overhead and unpack cost out of the file and get them from [`super::measure`].
+
+use crate::error::{Error, Result};
+use crate::quant::Format;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The embedded profile data.
+const TARGETS_JSON: &str = include_str!("targets.json");
+
+/// Where errors in the embedded data are reported.
+const TARGETS_PATH: &str = "src/hardware/targets.json (embedded)";
+
+/// Source kinds a number may cite.
+const SOURCE_KINDS: [&str; 4] = ["datasheet", "paper", "assumed", "measured"];
+
+/// Activation formats qpipe knows, as named in rules: float (no quantization), A8, A16.
+pub const ACTIVATIONS: [&str; 3] = ["float", "a8", "a16"];
+
+/// A number with the source it comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sourced {
+    /// The value, in the unit the field name states.
+    pub value: f64,
+    /// `datasheet: ...`, `paper: ...`, `assumed: <reason>` or `measured: <how>`.
+    pub source: String,
+}
+
+impl Sourced {
+    /// A number measured on this machine, described by `how`.
+    pub fn measured(value: f64, how: impl AsRef<str>) -> Self {
+        Sourced {
+            value,
+            source: format!("measured: {}", how.as_ref()),
+        }
+    }
+
+    /// The source kind: datasheet, paper, assumed or measured.
+    pub fn kind(&self) -> &str {
+        self.source.split(':').next().unwrap_or("").trim()
+    }
+}
+
+/// The arithmetic precision a matmul runs at (selects peak rate and energy per MAC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 8-bit integer multiplies, 32-bit accumulation.
+    Int8,
+    /// 16-bit integer multiplies (A16 activations).
+    Int16,
+    /// Half-precision float.
+    Fp16,
+    /// Single-precision float.
+    Fp32,
+}
+
+impl Precision {
+    /// Lowercase name as in the data file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Int8 => "int8",
+            Precision::Int16 => "int16",
+            Precision::Fp16 => "fp16",
+            Precision::Fp32 => "fp32",
+        }
+    }
+}
+
+/// Energy figures shared by targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnergyModel {
+    /// Energy per multiply-accumulate at each precision, pJ.
+    pub per_mac_pj: BTreeMap<Precision, Sourced>,
+    /// Energy per byte moved from DRAM, pJ.
+    pub per_dram_byte_pj: Sourced,
+}
+
+/// One legality rule: weights (and optional scheme/granularity filters) x activations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Weight kinds: `int2`..`int8` (any qpipe integer format of that width), a GGUF type
+    /// (`q4_k`), or a float type (`f16`).
+    pub weights: Vec<String>,
+    /// Allowed integer schemes (`sym`, `asym`, `pow2`); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schemes: Option<Vec<String>>,
+    /// Allowed integer granularities (`tensor`, `channel`, `g32`..`g256`); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granularities: Option<Vec<String>>,
+    /// Activation formats: `float`, `a8`, `a16`.
+    pub activations: Vec<String>,
+    /// Precision the matmul runs at.
+    pub compute: Precision,
+    /// Whether the weights are unpacked in software first (costs the target's unpack rate).
+    #[serde(default)]
+    pub emulated: bool,
+}
+
+impl Rule {
+    fn matches(&self, format: &Format, activation: &str) -> bool {
+        let (kind, gran, scheme) = weight_parts(format);
+        let allowed = |list: &Option<Vec<String>>, part: Option<&str>| match (list, part) {
+            (Some(list), Some(p)) => list.iter().any(|l| l == p),
+            _ => true,
+        };
+        self.weights.contains(&kind)
+            && allowed(&self.schemes, scheme.as_deref())
+            && allowed(&self.granularities, gran.as_deref())
+            && self.activations.iter().any(|a| a == activation)
+    }
+
+    /// One-line description, e.g. `int8 [sym|pow2] x a8 -> int8 native`.
+    pub fn describe(&self) -> String {
+        let mut filters = Vec::new();
+        for list in [&self.schemes, &self.granularities].into_iter().flatten() {
+            filters.push(list.join("|"));
+        }
+        let filters = if filters.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", filters.join("; "))
+        };
+        format!(
+            "{}{filters} x {} -> {} {}",
+            self.weights.join(" "),
+            self.activations.join("|"),
+            self.compute.name(),
+            if self.emulated { "emulated" } else { "native" }
+        )
+    }
+}
+
+/// A weight format split into the parts rules match on: kind (`int4`, `q4_k`, `f16`),
+/// granularity and scheme (integer formats only), all taken from its display name.
+fn weight_parts(format: &Format) -> (String, Option<String>, Option<String>) {
+    let name = format.to_string();
+    match format {
+        Format::Int(_) => {
+            let mut parts = name.split('-').map(str::to_string);
+            let kind = parts.next().unwrap_or_default();
+            (kind, parts.next(), parts.next())
+        }
+        _ => (name, None, None),
+    }
+}
+
+/// The rule name of an activation format: `None` is float, 8 and 16 are `a8` / `a16`.
+pub fn activation_name(bits: Option<u32>) -> String {
+    bits.map_or("float".to_string(), |b| format!("a{b}"))
+}
+
+/// A hardware target as described by the data file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Short name used on the command line (`tensorrt`).
+    pub name: String,
+    /// The concrete device the numbers describe.
+    pub device: String,
+    /// One line on what the target supports, quoted in illegal-format errors.
+    pub supports: String,
+    /// `qpipe-kernels` or `candle-qmatmul` for targets measured on this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<String>,
+    /// Peak multiply-accumulates per second at each precision.
+    #[serde(default)]
+    pub peak_macs_per_s: BTreeMap<Precision, Sourced>,
+    /// DRAM bandwidth, bytes/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_s: Option<Sourced>,
+    /// On-chip memory (caches, SRAM, TCM), bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_chip_bytes: Option<Sourced>,
+    /// Fixed cost of one matmul call (dispatch, thread fork/join), seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead_s_per_matmul: Option<Sourced>,
+    /// Weights per second the target unpacks for emulated formats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpack_weights_per_s: Option<Sourced>,
+    /// Name of the energy model (resolved into `energy_model` on load).
+    pub energy: String,
+    /// The energy figures, resolved from `energy`.
+    #[serde(default, skip_deserializing)]
+    pub energy_model: Option<EnergyModel>,
+    /// Legality rules, first match wins; no match is illegal.
+    pub rules: Vec<Rule>,
+}
+
+/// How a legal (weights, activations) pair runs on a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Legality {
+    /// Precision of the multiply-accumulates.
+    pub compute: Precision,
+    /// Whether the weights are unpacked in software first.
+    pub emulated: bool,
+}
+
+/// Whether a legal pair runs natively or emulated, with the unpack cost.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Support {
+    /// The hardware consumes the format directly.
+    Native,
+    /// Weights are unpacked in software first.
+    Emulated {
+        /// Seconds per weight spent unpacking (once per matmul call).
+        unpack_s_per_weight: f64,
+    },
+}
+
+impl Target {
+    /// The rule that decides `format` with activations of `activation_bits` (None = float),
+    /// or an error naming the target, the format and what the target supports.
+    pub fn legality(&self, format: &Format, activation_bits: Option<u32>) -> Result<Legality> {
+        let act = activation_name(activation_bits);
+        if !ACTIVATIONS.contains(&act.as_str()) {
+            return Err(self.illegal(format!(
+                "{act} activations are not an activation format (float, a8, a16)"
+            )));
+        }
+        if let Some(rule) = self.rules.iter().find(|r| r.matches(format, &act)) {
+            return Ok(Legality {
+                compute: rule.compute,
+                emulated: rule.emulated,
+            });
+        }
+        let weights_ok = ACTIVATIONS
+            .iter()
+            .any(|a| self.rules.iter().any(|r| r.matches(format, a)));
+        Err(self.illegal(if weights_ok {
+            format!("{format} weights with {act} activations are not supported")
+        } else {
+            format!("{format} weights are not supported")
+        }))
+    }
+
+    /// Native or emulated (with the unpack cost) for a file-described target; measured targets
+    /// get theirs from a [`super::measure::Calibration`].
+    pub fn check(&self, format: &Format, activation_bits: Option<u32>) -> Result<Support> {
+        let legal = self.legality(format, activation_bits)?;
+        if !legal.emulated {
+            return Ok(Support::Native);
+        }
+        match &self.unpack_weights_per_s {
+            Some(rate) => Ok(Support::Emulated {
+                unpack_s_per_weight: 1.0 / rate.value,
+            }),
+            None => Err(self.illegal(format!(
+                "{format} runs emulated here and its unpack cost is measured, not in the profile"
+            ))),
+        }
+    }
+
+    /// An `Unsupported` error naming this target, ending with what it supports.
+    pub(crate) fn illegal(&self, problem: String) -> Error {
+        Error::unsupported(
+            Path::new(&self.name),
+            format!("{problem} ({})", self.supports),
+        )
+    }
+
+    /// Every sourced number of the profile with a label, in a fixed order.
+    pub fn parameters(&self) -> Vec<(String, &Sourced)> {
+        let mut out: Vec<(String, &Sourced)> = self
+            .peak_macs_per_s
+            .iter()
+            .map(|(p, s)| (format!("peak {} MAC/s", p.name()), s))
+            .collect();
+        let singles = [
+            ("bandwidth B/s", &self.bandwidth_bytes_per_s),
+            ("on-chip bytes", &self.on_chip_bytes),
+            ("overhead s/matmul", &self.overhead_s_per_matmul),
+            ("unpack weights/s", &self.unpack_weights_per_s),
+        ];
+        out.extend(
+            singles
+                .into_iter()
+                .filter_map(|(label, s)| s.as_ref().map(|s| (label.to_string(), s))),
+        );
+        if let Some(e) = &self.energy_model {
+            out.extend(
+                e.per_mac_pj
+                    .iter()
+                    .map(|(p, s)| (format!("energy {} pJ/MAC", p.name()), s)),
+            );
+            out.push(("energy DRAM pJ/byte".to_string(), &e.per_dram_byte_pj));
+        }
+        out
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let bad = |what: String| Err(format!("target '{}': {what}", self.name));
+        if self.rules.is_empty() {
+            return bad("has no rules".into());
+        }
+        for (label, s) in self.parameters() {
+            if !(s.value.is_finite() && s.value > 0.0) {
+                return bad(format!(
+                    "{label} must be a positive number, got {}",
+                    s.value
+                ));
+            }
+            if !SOURCE_KINDS.contains(&s.kind()) || s.source.trim_end().ends_with(':') {
+                return bad(format!(
+                    "{label} has source '{}', expected 'datasheet|paper|assumed: ...'",
+                    s.source
+                ));
+            }
+        }
+        let needs_file_numbers = self.measured.is_none();
+        if needs_file_numbers
+            && (self.bandwidth_bytes_per_s.is_none()
+                || self.on_chip_bytes.is_none()
+                || self.overhead_s_per_matmul.is_none())
+        {
+            return bad("needs bandwidth, on-chip memory and overhead (or 'measured')".into());
+        }
+        for rule in &self.rules {
+            for w in &rule.weights {
+                let known = w.parse::<Format>().is_ok()
+                    || (w.starts_with("int")
+                        && format!("{w}-channel-sym").parse::<Format>().is_ok());
+                if !known {
+                    return bad(format!("rule weight '{w}' is not a format kind"));
+                }
+            }
+            for a in &rule.activations {
+                if !ACTIVATIONS.contains(&a.as_str()) {
+                    return bad(format!(
+                        "rule activation '{a}' is not one of {ACTIVATIONS:?}"
+                    ));
+                }
+            }
+            for s in rule.schemes.iter().flatten() {
+                if format!("int8-channel-{s}").parse::<Format>().is_err() {
+                    return bad(format!("rule scheme '{s}' is not sym|asym|pow2"));
+                }
+            }
+            for g in rule.granularities.iter().flatten() {
+                if format!("int8-{g}-sym").parse::<Format>().is_err() {
+                    return bad(format!("rule granularity '{g}' is not tensor|channel|gN"));
+                }
+            }
+            if needs_file_numbers && !self.peak_macs_per_s.contains_key(&rule.compute) {
+                return bad(format!("no peak rate for compute {}", rule.compute.name()));
+            }
+            if needs_file_numbers && rule.emulated && self.unpack_weights_per_s.is_none() {
+                return bad("an emulated rule needs unpack_weights_per_s".into());
+            }
+            let energy = self.energy_model.as_ref();
+            if !energy.is_some_and(|e| e.per_mac_pj.contains_key(&rule.compute)) {
+                return bad(format!("no energy per MAC for {}", rule.compute.name()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The data file's layout.
+/// (Its `about` key documents the file for readers and is not parsed.)
+#[derive(Debug, Deserialize)]
+struct Profiles {
+    energy_models: BTreeMap<String, EnergyModel>,
+    targets: Vec<Target>,
+}
+
+/// Parses and validates profile JSON (the embedded file, or another one in tests).
+pub fn parse_targets(json: &str, path: &Path) -> Result<Vec<Target>> {
+    let profiles: Profiles = serde_json::from_str(json)
+        .map_err(|e| Error::invalid(path, format!("invalid target profiles: {e}")))?;
+    let mut targets = profiles.targets;
+    for t in &mut targets {
+        t.energy_model = profiles.energy_models.get(&t.energy).cloned();
+        if t.energy_model.is_none() {
+            return Err(Error::invalid(
+                path,
+                format!("target '{}': unknown energy model '{}'", t.name, t.energy),
+            ));
+        }
+        t.validate().map_err(|m| Error::invalid(path, m))?;
+    }
+    for (i, t) in targets.iter().enumerate() {
+        if targets[..i].iter().any(|o| o.name == t.name) {
+            return Err(Error::invalid(path, format!("target '{}' twice", t.name)));
+        }
+    }
+    Ok(targets)
+}
+
+/// All targets of the embedded profile file, in file order.
+pub fn targets() -> Result<Vec<Target>> {
+    parse_targets(TARGETS_JSON, Path::new(TARGETS_PATH))
+}
+
+/// The target called `name`, or an error listing the known ones.
+pub fn target(name: &str) -> Result<Target> {
+    let all = targets()?;
+    let names: Vec<String> = all.iter().map(|t| t.name.clone()).collect();
+    all.into_iter().find(|t| t.name == name).ok_or_else(|| {
+        Error::unsupported(
+            Path::new(name),
+            format!("unknown target; known targets: {}", names.join(", ")),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_profiles_load_and_every_number_has_a_source() {
+        let all = targets().unwrap();
+        let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "arm-neon",
+                "arm-dot",
+                "hexagon",
+                "apple-ane",
+                "tensorrt",
+                "intel-vnni",
+                "host",
+                "llama-cpp"
+            ]
+        );
+        for t in &all {
+            for (label, s) in t.parameters() {
+                assert!(
+                    ["datasheet", "paper", "assumed"].contains(&s.kind()),
+                    "{}: {label}: {}",
+                    t.name,
+                    s.source
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn legality_follows_the_rules() {
+        let f = |s: &str| s.parse::<Format>().unwrap();
+        let trt = target("tensorrt").unwrap();
+        assert_eq!(
+            trt.check(&f("int4-g128-asym"), None).unwrap(),
+            Support::Native
+        );
+        assert_eq!(
+            trt.legality(&f("int8-channel-sym"), Some(8))
+                .unwrap()
+                .compute,
+            Precision::Int8
+        );
+        let e = trt.check(&f("int8-channel-sym"), Some(16)).unwrap_err();
+        let expected = "tensorrt: int8-channel-sym weights with a16 activations are not supported";
+        assert!(e.to_string().starts_with(expected), "{e}");
+        let e = trt.check(&f("int2-g32-sym"), None).unwrap_err().to_string();
+        assert!(
+            e.starts_with("tensorrt: int2-g32-sym weights are not supported (TensorRT supports"),
+            "{e}"
+        );
+        let neon = target("arm-neon").unwrap();
+        assert!(matches!(
+            neon.check(&f("int3-g32-sym"), Some(8)).unwrap(),
+            Support::Emulated { .. }
+        ));
+        assert!(neon.check(&f("q4_0"), None).is_err());
+        let llama = target("llama-cpp").unwrap();
+        assert!(llama.legality(&f("q4_k"), None).is_ok());
+        assert!(llama.legality(&f("int4-g32-sym"), None).is_err());
+        assert!(neon.legality(&f("int8-channel-sym"), Some(4)).is_err());
+    }
+
+    #[test]
+    fn bad_profiles_are_rejected_with_the_target_named() {
+        let json = TARGETS_JSON.replacen("\"compute\": \"int8\" }", "\"compute\": \"fp16\" }", 1);
+        let e = parse_targets(&json, Path::new("t.json")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("target 'arm-neon': no peak rate for compute fp16"),
+            "{e}"
+        );
+        let json = TARGETS_JSON.replacen(
+            "\"source\": \"datasheet: Cortex-A72",
+            "\"source\": \"Cortex-A72",
+            1,
+        );
+        let e = parse_targets(&json, Path::new("t.json")).unwrap_err();
+        assert!(
+            e.to_string().contains("expected 'datasheet|paper|assumed"),
+            "{e}"
+        );
+    }
+}

@@ -9,19 +9,16 @@ use qpipe::model::Model;
 use qpipe::quant::{Calibrator, Format};
 use qpipe::search::fitness::Evaluator;
 use qpipe::search::genome::{Genome, Space};
-use qpipe::search::{self, Constraints, CostModel, Outcome, Settings};
+use qpipe::search::{self, Constraints, Costs, Outcome, Settings};
 use qpipe::sensitivity::{self, Options};
 use std::path::Path;
 
 /// A stand-in target whose latency and energy grow with the bytes read.
 struct Bytes;
 
-impl CostModel for Bytes {
-    fn latency_ms(&self, space: &Space, g: &Genome) -> f64 {
-        space.bytes(g) as f64 / 1e6
-    }
-    fn energy_mj(&self, space: &Space, g: &Genome) -> f64 {
-        space.bytes(g) as f64 / 1e7
+impl Costs for Bytes {
+    fn latency_energy(&self, space: &Space, g: &Genome) -> (f64, f64) {
+        (space.bytes(g) as f64 / 1e6, space.bytes(g) as f64 / 1e7)
     }
 }
 

@@ -274,7 +274,7 @@ impl Job {
         }
     }
 
-    /// Runs the matmul twice and returns the seconds of the second run.
+    /// Seconds per call of the matmul (see [`per_call`]).
     fn time_once(&mut self, name: &str) -> Result<f64> {
         let err = |m: String| Error::unsupported(Path::new(name), m);
         match self {
@@ -287,22 +287,35 @@ impl Job {
                             qpipe_kernels::gemm(m, x, *tokens, y)
                         }
                     };
-                    run()?;
-                    let start = Instant::now();
-                    run()?;
-                    Ok(start.elapsed().as_secs_f64())
+                    per_call(&mut run)
                 })
                 .map_err(err)?
                 .map_err(|e: qpipe_kernels::KernelError| err(e.to_string())),
             Job::Candle { mm, x } => {
                 let candle = |e: candle_core::Error| err(candle_message(&e));
-                mm.forward(x).map_err(candle)?;
-                let start = Instant::now();
-                mm.forward(x).map_err(candle)?;
-                Ok(start.elapsed().as_secs_f64())
+                per_call(&mut || mm.forward(x).map(drop)).map_err(candle)
             }
         }
     }
+}
+
+/// Seconds per call of `run`, warmed up, averaged over at least 8 back-to-back calls lasting at
+/// least 2 ms: single calls of the small shapes take tens of microseconds, where timer and
+/// scheduler jitter on a shared machine would swamp them, and every probe (calibration or
+/// validation, small or large) is timed in the same regime, with the worker threads awake, as
+/// the matmuls of a forward pass run.
+fn per_call<E>(
+    run: &mut impl FnMut() -> std::result::Result<(), E>,
+) -> std::result::Result<f64, E> {
+    let start = Instant::now();
+    run()?;
+    let once = start.elapsed().as_secs_f64().max(1e-7);
+    let reps = ((2e-3 / once).ceil() as usize).clamp(8, 400);
+    let start = Instant::now();
+    for _ in 0..reps {
+        run()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / reps as f64)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

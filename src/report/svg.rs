@@ -126,6 +126,165 @@ impl BarChart<'_> {
     }
 }
 
+/// A scatter plot on a linear x and log10 y axis, each point coloured by a third value
+/// (blue = lowest, red = highest), optionally with one point ringed.
+pub struct Scatter<'a> {
+    /// Title above the plot.
+    pub title: &'a str,
+    /// Label of the x axis.
+    pub x_label: &'a str,
+    /// Label of the y axis (log scale).
+    pub y_label: &'a str,
+    /// Label of the colour scale.
+    pub colour_label: &'a str,
+    /// `(x, y, colour value, tooltip)`; points with y <= 0 are drawn on the bottom edge.
+    pub points: &'a [(f64, f64, f64, String)],
+    /// Index of a point to ring (the selected one).
+    pub highlight: Option<usize>,
+}
+
+impl Scatter<'_> {
+    /// Renders the plot as an SVG document.
+    pub fn render(&self) -> String {
+        let (left, right, top, bottom) = (80.0, 150.0, 50.0, 60.0);
+        let (w, h) = (640.0, 400.0);
+        let finite = |v: f64| v.is_finite();
+        let range = |vals: Vec<f64>| {
+            let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if lo.is_finite() {
+                (lo, if hi > lo { hi } else { lo + 1.0 })
+            } else {
+                (0.0, 1.0)
+            }
+        };
+        let (x0, x1) = range(
+            self.points
+                .iter()
+                .map(|p| p.0)
+                .filter(|v| finite(*v))
+                .collect(),
+        );
+        let (y0, y1) = range(
+            self.points
+                .iter()
+                .map(|p| p.1)
+                .filter(|v| *v > 0.0 && finite(*v))
+                .map(f64::log10)
+                .collect(),
+        );
+        let (y0, y1) = (y0.floor(), y1.ceil().max(y0.floor() + 1.0));
+        let (c0, c1) = range(
+            self.points
+                .iter()
+                .map(|p| p.2)
+                .filter(|v| finite(*v))
+                .collect(),
+        );
+        let px = |x: f64| left + w * (x - x0) / (x1 - x0);
+        let py = |y: f64| {
+            let l = if y > 0.0 { y.log10().clamp(y0, y1) } else { y0 };
+            top + h * (y1 - l) / (y1 - y0)
+        };
+        let colour = |c: f64| {
+            let t = if c.is_finite() {
+                ((c - c0) / (c1 - c0)).clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
+            format!(
+                "rgb({:.0},{:.0},{:.0})",
+                40.0 + 200.0 * t,
+                80.0,
+                220.0 - 200.0 * t
+            )
+        };
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{:.0}" font-family="sans-serif" font-size="11">"#,
+            left + w + right,
+            top + h + bottom
+        );
+        let _ = writeln!(
+            s,
+            r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="22" font-size="15">{}</text>"#,
+            escape(self.title)
+        );
+        let mut e = y0;
+        while e <= y1 {
+            let yy = py(10f64.powf(e));
+            let _ = writeln!(
+                s,
+                r##"<line x1="{left}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">1e{e}</text>"##,
+                left + w,
+                left - 4.0,
+                yy + 4.0
+            );
+            e += 1.0;
+        }
+        for k in 0..=4 {
+            let x = x0 + (x1 - x0) * k as f64 / 4.0;
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{x:.2}</text>"#,
+                px(x),
+                top + h + 16.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+            left + w / 2.0,
+            top + h + 40.0,
+            escape(self.x_label),
+            top + h / 2.0,
+            escape(self.y_label)
+        );
+        let _ = writeln!(
+            s,
+            r#"<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="black"/>"#
+        );
+        for (i, (x, y, c, tip)) in self.points.iter().enumerate() {
+            if !x.is_finite() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{}"><title>{}</title></circle>"#,
+                px(*x),
+                py(*y),
+                colour(*c),
+                escape(tip)
+            );
+            if self.highlight == Some(i) {
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="8" fill="none" stroke="black" stroke-width="2"/>"#,
+                    px(*x),
+                    py(*y)
+                );
+            }
+        }
+        let lx = left + w + 20.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{lx}" y="{top}">{}</text><rect x="{lx}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{c0:.3}</text><rect x="{lx}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{c1:.3}</text>"#,
+            escape(self.colour_label),
+            top + 10.0,
+            colour(c0),
+            lx + 16.0,
+            top + 20.0,
+            top + 30.0,
+            colour(c1),
+            lx + 16.0,
+            top + 40.0
+        );
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
 /// Escapes text for XML content and attributes.
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -137,6 +296,30 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scatter_places_points_on_the_log_axis_and_rings_the_highlight() {
+        let points = vec![
+            (2.0, 1e-3, 5.0, "a".to_string()),
+            (4.0, 1e-1, 10.0, "b&c".to_string()),
+        ];
+        let svg = Scatter {
+            title: "front",
+            x_label: "bpw",
+            y_label: "KL",
+            colour_label: "ms",
+            points: &points,
+            highlight: Some(1),
+        }
+        .render();
+        // x 2..4 spans 80..720 px; y decades 1e-3..1e-1 span 450..50 px.
+        assert!(
+            svg.contains(r#"<circle cx="80.0" cy="450.0" r="4" fill="rgb(40,80,220)">"#),
+            "{svg}"
+        );
+        assert!(svg.contains(r#"<circle cx="720.0" cy="50.0" r="4" fill="rgb(240,80,20)">"#));
+        assert!(svg.contains(r#"r="8""#) && svg.contains("b&amp;c"));
+    }
 
     #[test]
     fn bars_scale_by_decade_and_skip_missing_values() {

@@ -11,6 +11,7 @@
 pub mod fitness;
 pub mod genome;
 pub mod nsga2;
+pub mod target;
 
 use crate::error::{Error, Result};
 use crate::sensitivity::Sensitivity;
@@ -24,11 +25,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A target's cost estimates for a genome (from a hardware model, not measured).
-pub trait CostModel: Sync {
-    /// Estimated latency in milliseconds.
-    fn latency_ms(&self, space: &Space, g: &Genome) -> f64;
-    /// Estimated energy in millijoules.
-    fn energy_mj(&self, space: &Space, g: &Genome) -> f64;
+pub trait Costs: Sync {
+    /// Estimated (latency in milliseconds, energy in millijoules).
+    fn latency_energy(&self, space: &Space, g: &Genome) -> (f64, f64);
 }
 
 /// Limits a genome must meet (`None`: no limit).
@@ -144,7 +143,7 @@ struct State {
 /// read first to continue a previous run with the same settings.
 pub fn run(
     evaluator: &Evaluator,
-    costs: &dyn CostModel,
+    costs: &dyn Costs,
     sensitivity: Option<&Sensitivity>,
     settings: &Settings,
     state: Option<(&Path, bool)>,
@@ -178,12 +177,13 @@ pub fn run(
             .into_iter()
             .zip(losses)
             .map(|((origin, genome), loss)| {
+                let (latency_ms, energy_mj) = costs.latency_energy(space, &genome);
                 let fitness = Fitness {
                     loss,
                     bytes: space.bytes(&genome),
                     bits_per_weight: space.bits_per_weight(&genome),
-                    latency_ms: costs.latency_ms(space, &genome),
-                    energy_mj: costs.energy_mj(space, &genome),
+                    latency_ms,
+                    energy_mj,
                 };
                 Point {
                     origin,
@@ -644,6 +644,42 @@ fn save_state(
     let text = serde_json::to_vec(&state)
         .map_err(|e| Error::invalid(path, format!("cannot serialise the search state: {e}")))?;
     crate::checkpoint::write::write_atomic(path, &text)
+}
+
+impl Outcome {
+    /// The front as an SVG plot of loss (`metric`, log scale) against bits per weight,
+    /// coloured by estimated latency, the selected point ringed.
+    pub fn pareto_svg(&self, metric: &str) -> String {
+        let points: Vec<(f64, f64, f64, String)> = self
+            .front
+            .iter()
+            .map(|p| {
+                let f = &p.fitness;
+                (
+                    f.bits_per_weight,
+                    f.loss,
+                    f.latency_ms,
+                    format!(
+                        "{}: {:.3} bpw, {metric} {:.3e}, {:.3} ms, {:.3} mJ (estimates)",
+                        p.origin, f.bits_per_weight, f.loss, f.latency_ms, f.energy_mj
+                    ),
+                )
+            })
+            .collect();
+        let highlight = self
+            .selected
+            .as_ref()
+            .and_then(|s| self.front.iter().position(|p| p.genome == s.genome));
+        crate::report::svg::Scatter {
+            title: &format!("Pareto front: {metric} vs bits per weight"),
+            x_label: "bits per weight (quantized tensors)",
+            y_label: metric,
+            colour_label: "latency ms (estimate)",
+            points: &points,
+            highlight,
+        }
+        .render()
+    }
 }
 
 /// Where the search state of an output directory lives.

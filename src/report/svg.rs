@@ -49,29 +49,8 @@ impl BarChart<'_> {
         };
         let y = |v: f64| top + plot_h * (hi_exp - v.log10()) / (hi_exp - lo_exp);
 
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
-        );
-        let _ = writeln!(
-            s,
-            r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="20" font-size="15">{}</text>"#,
-            escape(self.title)
-        );
-        // Decade grid lines and labels.
-        let mut e = lo_exp;
-        while e <= hi_exp {
-            let yy = y(10f64.powf(e));
-            let _ = writeln!(
-                s,
-                r##"<line x1="{left}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">1e{e}</text>"##,
-                width - right,
-                left - 4.0,
-                yy + 4.0
-            );
-            e += 1.0;
-        }
+        let mut s = header(width, height, left, self.title);
+        decade_grid(&mut s, (lo_exp, hi_exp), left, width - right, y);
         let _ = writeln!(
             s,
             r#"<text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
@@ -199,30 +178,8 @@ impl Scatter<'_> {
                 220.0 - 200.0 * t
             )
         };
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{:.0}" font-family="sans-serif" font-size="11">"#,
-            left + w + right,
-            top + h + bottom
-        );
-        let _ = writeln!(
-            s,
-            r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="22" font-size="15">{}</text>"#,
-            escape(self.title)
-        );
-        let mut e = y0;
-        while e <= y1 {
-            let yy = py(10f64.powf(e));
-            let _ = writeln!(
-                s,
-                r##"<line x1="{left}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">1e{e}</text>"##,
-                left + w,
-                left - 4.0,
-                yy + 4.0
-            );
-            e += 1.0;
-        }
+        let mut s = header(left + w + right, top + h + bottom, left, self.title);
+        decade_grid(&mut s, (y0, y1), left, left + w, py);
         for k in 0..=4 {
             let x = x0 + (x1 - x0) * k as f64 / 4.0;
             let _ = writeln!(
@@ -282,6 +239,37 @@ impl Scatter<'_> {
         );
         s.push_str("</svg>\n");
         s
+    }
+}
+
+/// The SVG opening tag, a white background and the title.
+fn header(width: f64, height: f64, left: f64, title: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="20" font-size="15">{}</text>"#,
+        escape(title)
+    );
+    s
+}
+
+/// Grid lines and labels at every decade from 10^lo to 10^hi, spanning x from `x0` to `x1`;
+/// `y` maps a value to its pixel row.
+fn decade_grid(s: &mut String, (lo, hi): (f64, f64), x0: f64, x1: f64, y: impl Fn(f64) -> f64) {
+    let mut e = lo;
+    while e <= hi {
+        let yy = y(10f64.powf(e));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" x2="{x1:.1}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">1e{e}</text>"##,
+            x0 - 4.0,
+            yy + 4.0
+        );
+        e += 1.0;
     }
 }
 

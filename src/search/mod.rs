@@ -246,7 +246,8 @@ pub fn run(
                 (0, population, archive, seeds)
             }
         };
-    let report = |generation: usize, population: &[Point], archive: &[Point]| {
+    // After each generation: progress, then the state file.
+    let checkpoint = |generation: usize, population: &[Point], archive: &[Point]| -> Result<()> {
         let counters = evaluator.counters();
         progress(&Progress {
             generation,
@@ -261,19 +262,14 @@ pub fn run(
                 .first()
                 .map_or(0, Vec::len),
         });
+        match state {
+            Some((path, _)) => save_state(
+                path, settings, generation, space, population, archive, evaluator,
+            ),
+            None => Ok(()),
+        }
     };
-    report(generation, &population, &archive);
-    if let Some((path, _)) = state {
-        save_state(
-            path,
-            settings,
-            generation,
-            space,
-            &population,
-            &archive,
-            evaluator,
-        )?;
-    }
+    checkpoint(generation, &population, &archive)?;
 
     while generation < settings.generations {
         generation += 1;
@@ -306,18 +302,7 @@ pub fn run(
         population.extend(children);
         let keep = nsga2::select(&score(&population), settings.population);
         population = keep.iter().map(|&i| population[i].clone()).collect();
-        report(generation, &population, &archive);
-        if let Some((path, _)) = state {
-            save_state(
-                path,
-                settings,
-                generation,
-                space,
-                &population,
-                &archive,
-                evaluator,
-            )?;
-        }
+        checkpoint(generation, &population, &archive)?;
     }
 
     // Distinct genomes of the archive, first occurrence kept (so seeds keep their origin).

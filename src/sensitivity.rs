@@ -38,6 +38,13 @@ pub struct Options {
     pub tensors: Vec<String>,
 }
 
+impl Options {
+    /// Whether the tensor named `name` is measured (`tensors` empty, or one is in its name).
+    pub fn selects(&self, name: &str) -> bool {
+        self.tensors.is_empty() || self.tensors.iter().any(|t| name.contains(t))
+    }
+}
+
 /// One tensor in one format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
@@ -126,7 +133,7 @@ pub fn analyse(
     for (layer, linears) in model.linears_by_layer().into_iter().enumerate() {
         for linear in linears {
             let name = linear.name();
-            if !options.tensors.is_empty() && !options.tensors.iter().any(|t| name.contains(t)) {
+            if !options.selects(name) {
                 continue;
             }
             let importance = stats

@@ -103,9 +103,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let candidates = model
         .linears()
         .iter()
-        .filter(|l| {
-            options.tensors.is_empty() || options.tensors.iter().any(|t| l.name().contains(t))
-        })
+        .filter(|l| options.selects(l.name()))
         .count()
         * options.formats.len();
     let bar = indicatif::ProgressBar::new(candidates as u64).with_style(

@@ -202,11 +202,7 @@ fn measure(
     let name = linear.name();
     let (rows, cols) = linear.shape();
     let context = || format!("{name} in {format}");
-    let w: Vec<f32> = linear
-        .float_weight()
-        .flatten_all()
-        .and_then(|t| t.to_vec1())
-        .map_err(Error::compute(context()))?;
+    let w = linear.float_values(format)?;
     let fake =
         crate::quant::fake_quantize(&w, rows, cols, format, options.calibrator, Some(importance))
             .map_err(|m| Error::unsupported(Path::new(name), m))?;

@@ -159,7 +159,7 @@ fn minilm_matches_candle_transformers_and_qlinear_hooks_work() {
     // Zeroing one weight changes the embeddings; reset restores them bit for bit.
     let target = bert.linears()[2 * 6 + 4]; // layer 2 intermediate.dense
     assert_eq!(target.name(), "encoder.layer.2.intermediate.dense.weight");
-    let zeros = target.float_weight().zeros_like().unwrap();
+    let zeros = target.float_weight().unwrap().zeros_like().unwrap();
     let format = "int8-channel-sym".parse().unwrap();
     target
         .set_weight(WeightSource::Fake(format), zeros)

@@ -45,6 +45,7 @@ pub struct Checkpoint {
     by_name: HashMap<String, usize>,
     config: Option<serde_json::Value>,
     tokenizer: Option<PathBuf>,
+    metadata: HashMap<String, String>,
 }
 
 impl Checkpoint {
@@ -54,9 +55,13 @@ impl Checkpoint {
         let mut shards = Vec::with_capacity(layout.files.len());
         let mut entries: Vec<Entry> = Vec::new();
         let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut metadata = HashMap::new();
         for (shard_idx, file) in layout.files.iter().enumerate() {
             let map = map_file(file)?;
             let header = header::parse(&map).map_err(|m| Error::invalid(file, m))?;
+            if let Some(m) = header.metadata.metadata() {
+                metadata.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
             for name in header.metadata.offset_keys() {
                 let Some(info) = header.metadata.info(&name) else {
                     continue;
@@ -113,6 +118,7 @@ impl Checkpoint {
             by_name,
             config,
             tokenizer,
+            metadata,
         })
     }
 
@@ -134,6 +140,16 @@ impl Checkpoint {
     /// Path of tokenizer.json beside the weights, if there is one.
     pub fn tokenizer_path(&self) -> Option<&Path> {
         self.tokenizer.as_deref()
+    }
+
+    /// A `__metadata__` string of the weight files (shards merged), if present.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
+    }
+
+    /// The first weight file (for error messages about the checkpoint as a whole).
+    pub fn first_file(&self) -> &Path {
+        &self.shards[0].path
     }
 
     /// Number of tensors.

@@ -29,10 +29,20 @@ impl<'a> LazyTensor<'a> {
         shape: Vec<usize>,
         produce: impl Fn() -> Vec<u8> + Send + Sync + 'a,
     ) -> Self {
+        Self::try_new(dtype, shape, move || Ok(produce()))
+    }
+
+    /// A tensor whose bytes `produce` computes on demand and may fail to (a corrupt source, a
+    /// format that cannot hold it); the error aborts the write and leaves no file behind.
+    pub fn try_new(
+        dtype: Dtype,
+        shape: Vec<usize>,
+        produce: impl Fn() -> Result<Vec<u8>> + Send + Sync + 'a,
+    ) -> Self {
         LazyTensor {
             dtype,
             shape,
-            produce: Box::new(move || Ok(produce())),
+            produce: Box::new(produce),
         }
     }
 
@@ -49,13 +59,9 @@ impl<'a> LazyTensor<'a> {
         shape: Vec<usize>,
         produce: impl Fn() -> Result<Vec<f32>> + Send + Sync + 'a,
     ) -> Self {
-        LazyTensor {
-            dtype: Dtype::F32,
-            shape,
-            produce: Box::new(move || {
-                Ok(produce()?.iter().flat_map(|v| v.to_le_bytes()).collect())
-            }),
-        }
+        Self::try_new(Dtype::F32, shape, move || {
+            Ok(produce()?.iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
     }
 
     fn byte_len(&self) -> usize {

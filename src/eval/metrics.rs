@@ -85,20 +85,32 @@ pub fn perplexity(logits: &[f32], vocab: usize, targets: &[u32]) -> Result<f64, 
     Ok((nll.iter().sum::<f64>() / targets.len().max(1) as f64).exp())
 }
 
-/// Compares `candidate` with `reference` logits ([positions, vocab] each) on next tokens `targets`.
-pub fn compare_logits(
+/// One predicted position of a candidate against the reference.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Position {
+    /// KL(reference || candidate), nats.
+    pub kl: f64,
+    /// Reference negative log-likelihood of the target.
+    pub nll_reference: f64,
+    /// Candidate negative log-likelihood of the target.
+    pub nll: f64,
+    /// Whether both models' most likely tokens agree.
+    pub top1_agrees: bool,
+    /// Candidate minus reference probability of the target.
+    pub delta_p: f64,
+}
+
+/// Per-position figures for `candidate` against `reference` logits ([positions, vocab] each)
+/// on next tokens `targets`, so long evaluations can be compared a chunk at a time.
+pub fn positions(
     reference: &[f32],
     candidate: &[f32],
     vocab: usize,
     targets: &[u32],
-) -> Result<LmComparison, String> {
+) -> Result<Vec<Position>, String> {
     check(reference, vocab, targets, "reference")?;
     check(candidate, vocab, targets, "candidate")?;
-    if targets.is_empty() {
-        return Err("no positions to compare".into());
-    }
-    // Per position: (KL, reference NLL, candidate NLL, top-1 agrees, delta p of the target).
-    let per: Vec<(f64, f64, f64, bool, f64)> = reference
+    Ok(reference
         .par_chunks(vocab)
         .zip(candidate.par_chunks(vocab))
         .zip(targets.par_iter())
@@ -111,27 +123,44 @@ pub fn compare_logits(
                 .sum::<f64>()
                 .max(0.0);
             let t = t as usize;
-            (
+            Position {
                 kl,
-                -lr[t],
-                -lc[t],
-                argmax(r) == argmax(c),
-                lc[t].exp() - lr[t].exp(),
-            )
+                nll_reference: -lr[t],
+                nll: -lc[t],
+                top1_agrees: argmax(r) == argmax(c),
+                delta_p: lc[t].exp() - lr[t].exp(),
+            }
         })
-        .collect();
+        .collect())
+}
+
+/// The summary of per-position figures (in order, so sums do not depend on threads).
+pub fn summarise(per: &[Position]) -> Result<LmComparison, String> {
+    if per.is_empty() {
+        return Err("no positions to compare".into());
+    }
     let n = per.len() as f64;
-    let mut kls: Vec<f64> = per.iter().map(|p| p.0).collect();
+    let mut kls: Vec<f64> = per.iter().map(|p| p.kl).collect();
     kls.sort_by(f64::total_cmp);
     Ok(LmComparison {
         tokens: per.len(),
-        ppl_reference: (per.iter().map(|p| p.1).sum::<f64>() / n).exp(),
-        ppl: (per.iter().map(|p| p.2).sum::<f64>() / n).exp(),
-        mean_kld: kls.iter().sum::<f64>() / n,
+        ppl_reference: (per.iter().map(|p| p.nll_reference).sum::<f64>() / n).exp(),
+        ppl: (per.iter().map(|p| p.nll).sum::<f64>() / n).exp(),
+        mean_kld: per.iter().map(|p| p.kl).sum::<f64>() / n,
         p99_kld: percentile_sorted(&kls, 0.99),
-        top1_agreement: per.iter().filter(|p| p.3).count() as f64 / n,
-        rms_delta_p: (per.iter().map(|p| p.4 * p.4).sum::<f64>() / n).sqrt(),
+        top1_agreement: per.iter().filter(|p| p.top1_agrees).count() as f64 / n,
+        rms_delta_p: (per.iter().map(|p| p.delta_p * p.delta_p).sum::<f64>() / n).sqrt(),
     })
+}
+
+/// Compares `candidate` with `reference` logits ([positions, vocab] each) on next tokens `targets`.
+pub fn compare_logits(
+    reference: &[f32],
+    candidate: &[f32],
+    vocab: usize,
+    targets: &[u32],
+) -> Result<LmComparison, String> {
+    summarise(&positions(reference, candidate, vocab, targets)?)
 }
 
 /// The q-quantile of sorted values, interpolating linearly between order statistics.

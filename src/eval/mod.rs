@@ -1,8 +1,10 @@
 //! Accuracy of a quantized model against its float reference, from real forward-pass outputs.
 
 pub mod baseline;
+pub mod compare;
 pub mod metrics;
 
+pub use compare::{compare, Comparison, Variant};
 pub use metrics::{
     compare_embeddings, compare_logits, perplexity, EmbeddingComparison, LmComparison,
 };

@@ -176,9 +176,13 @@ pub struct Bert {
 impl Bert {
     /// Builds the encoder from `checkpoint` (tensor names with or without a `bert.` prefix).
     pub fn load(checkpoint: &Checkpoint) -> Result<Bert> {
+        Bert::load_with(checkpoint, &Weights::new(checkpoint))
+    }
+
+    /// Builds the encoder with config.json of `checkpoint` and the tensors of `w`.
+    pub fn load_with(checkpoint: &Checkpoint, w: &Weights) -> Result<Bert> {
         let config: BertConfig = weights::config(checkpoint)?;
         let activation = config.validate(checkpoint)?;
-        let w = Weights::new(checkpoint);
         let p = if w.has("bert.embeddings.word_embeddings.weight") {
             "bert."
         } else {
@@ -201,7 +205,7 @@ impl Bert {
         let token_type0 = token_types
             .get(0)
             .map_err(Error::compute(format!("{e}.token_type_embeddings.weight")))?;
-        let embed_norm = LayerNorm::load(&w, &format!("{e}.LayerNorm"), h, eps)?;
+        let embed_norm = LayerNorm::load(w, &format!("{e}.LayerNorm"), h, eps)?;
 
         let roles = Family::Bert.matmul_roles();
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -223,12 +227,12 @@ impl Bert {
             layers.push(Layer {
                 linears,
                 attn_norm: LayerNorm::load(
-                    &w,
+                    w,
                     &format!("{lp}.attention.output.LayerNorm"),
                     h,
                     eps,
                 )?,
-                out_norm: LayerNorm::load(&w, &format!("{lp}.output.LayerNorm"), h, eps)?,
+                out_norm: LayerNorm::load(w, &format!("{lp}.output.LayerNorm"), h, eps)?,
             });
         }
         Ok(Bert {

@@ -207,11 +207,16 @@ pub struct Llama {
 impl Llama {
     /// Loads a Llama-family model (HF tensor names, config.json) from `checkpoint`.
     pub fn load(checkpoint: &Checkpoint) -> Result<Llama> {
+        Llama::load_with(checkpoint, &Weights::new(checkpoint))
+    }
+
+    /// Loads with config.json of `checkpoint` and the tensors of `w`.
+    pub fn load_with(checkpoint: &Checkpoint, w: &Weights) -> Result<Llama> {
         let config: LlamaConfig = weights::config(checkpoint)?;
         config
             .validate()
             .map_err(|m| weights::bad_config(checkpoint, m))?;
-        Llama::build(config, &Weights::new(checkpoint))
+        Llama::build(config, w)
     }
 
     /// Builds the model for `config` (already validated) from the tensors of `w`.

@@ -25,12 +25,21 @@ impl Model {
     /// Detects the architecture of `checkpoint` and loads it; an unsupported architecture is an
     /// error naming it and what is supported.
     pub fn load(checkpoint: &Checkpoint) -> Result<Model> {
+        Model::load_with(checkpoint, &weights::Weights::new(checkpoint))
+    }
+
+    /// Loads a packed checkpoint: its quantized weights are multiplied as stored.
+    pub fn load_packed(packed: &crate::export::packed::Packed) -> Result<Model> {
+        Model::load_with(&packed.checkpoint, &weights::Weights::Packed(packed))
+    }
+
+    fn load_with(checkpoint: &Checkpoint, w: &weights::Weights) -> Result<Model> {
         let found = arch::detect(checkpoint);
         match found.family {
             Some(Family::Llama) => {
-                llama::Llama::load(checkpoint).map(|m| Model::Llama(Box::new(m)))
+                llama::Llama::load_with(checkpoint, w).map(|m| Model::Llama(Box::new(m)))
             }
-            Some(Family::Bert) => bert::Bert::load(checkpoint).map(Model::Bert),
+            Some(Family::Bert) => bert::Bert::load_with(checkpoint, w).map(Model::Bert),
             None => {
                 let path = weights::config_path(checkpoint);
                 let path = if path.is_file() {

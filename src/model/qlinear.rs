@@ -5,7 +5,8 @@
 //! can watch what flows into it, without the model code knowing about either.
 
 use crate::error::{Error, Result};
-use crate::quant::{ActivationQuant, Calibrator, Format};
+use crate::quant::{ActivationQuant, Calibrator, Format, IntQuantized, QuantizedTensor};
+use candle_core::quantized::QMatMul;
 use candle_core::{Module, Tensor};
 use std::sync::{Arc, RwLock};
 
@@ -16,6 +17,25 @@ pub enum WeightSource {
     Float,
     /// Quantize-then-dequantize values of `format`; the tensor holds them.
     Fake(Format),
+    /// Stored packed in `format` (read from a packed checkpoint) and multiplied as stored.
+    Packed(Format),
+}
+
+/// A weight multiplied in its stored form, never expanded to a full f32 matrix.
+enum PackedWeight {
+    /// qpipe integer codes, multiplied by qpipe-kernels' GEMM.
+    Int(IntQuantized),
+    /// GGUF blocks, multiplied by candle's quantized matmul (llama.cpp's kernels).
+    Gguf(QMatMul),
+}
+
+/// What a layer multiplies by.
+#[derive(Clone)]
+enum Weight {
+    /// An f32 matrix.
+    Dense(Tensor),
+    /// A packed one.
+    Packed(Arc<PackedWeight>),
 }
 
 /// Receives the input of a [`QLinear`] on every forward pass while installed.
@@ -53,9 +73,12 @@ impl Overrides for Swap<'_> {
 /// A linear layer `y = x W^T + b` whose weight can be swapped and whose input can be observed.
 pub struct QLinear {
     name: String,
-    float: Tensor,
+    /// `(out_features, in_features)`.
+    shape: (usize, usize),
+    /// The checkpoint's float weight; `None` for a layer loaded packed.
+    float: Option<Tensor>,
     bias: Option<Tensor>,
-    active: RwLock<(WeightSource, Tensor)>,
+    active: RwLock<(WeightSource, Weight)>,
     input_quant: RwLock<Option<ActivationQuant>>,
     observer: RwLock<Option<Arc<dyn ActivationObserver>>>,
 }
@@ -63,14 +86,55 @@ pub struct QLinear {
 impl QLinear {
     /// Wraps an f32 `[out, in]` weight named `name` (its checkpoint tensor name).
     pub fn new(name: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> Self {
+        let d = weight.dims();
         QLinear {
             name: name.into(),
-            active: RwLock::new((WeightSource::Float, weight.clone())),
-            float: weight,
+            shape: (d[0], d.get(1).copied().unwrap_or(1)),
+            active: RwLock::new((WeightSource::Float, Weight::Dense(weight.clone()))),
+            float: Some(weight),
             bias,
             input_quant: RwLock::new(None),
             observer: RwLock::new(None),
         }
+    }
+
+    /// A layer computing with `weight` as stored (integer codes through qpipe-kernels, GGUF
+    /// blocks through candle's quantized matmul; float passthrough is expanded once), with its
+    /// input quantized by `input_quant`: what a packed checkpoint loads into.
+    pub fn packed(
+        name: impl Into<String>,
+        format: Format,
+        shape: (usize, usize),
+        weight: QuantizedTensor,
+        bias: Option<Tensor>,
+        input_quant: Option<ActivationQuant>,
+    ) -> Result<Self> {
+        let name = name.into();
+        let context = || format!("{name}: {format}");
+        let weight = match weight {
+            QuantizedTensor::Int(q) => Weight::Packed(Arc::new(PackedWeight::Int(q))),
+            QuantizedTensor::Gguf(q) => Weight::Packed(Arc::new(PackedWeight::Gguf(
+                QMatMul::from_qtensor(q).map_err(Error::compute(context()))?,
+            ))),
+            q @ QuantizedTensor::Float(..) => {
+                let values = q
+                    .dequantize()
+                    .map_err(|m| Error::invalid(std::path::Path::new(&name), m))?;
+                Weight::Dense(
+                    Tensor::from_vec(values, shape, &candle_core::Device::Cpu)
+                        .map_err(Error::compute(context()))?,
+                )
+            }
+        };
+        Ok(QLinear {
+            shape,
+            float: None,
+            bias,
+            active: RwLock::new((WeightSource::Packed(format), weight)),
+            input_quant: RwLock::new(input_quant),
+            observer: RwLock::new(None),
+            name,
+        })
     }
 
     /// The checkpoint name of the weight (e.g. `model.layers.0.self_attn.q_proj.weight`).
@@ -80,13 +144,17 @@ impl QLinear {
 
     /// `(out_features, in_features)`.
     pub fn shape(&self) -> (usize, usize) {
-        let d = self.float.dims();
-        (d[0], d[1])
+        self.shape
     }
 
-    /// The original float weight.
-    pub fn float_weight(&self) -> &Tensor {
-        &self.float
+    /// The original float weight; an error for a layer loaded packed, which has none.
+    pub fn float_weight(&self) -> candle_core::Result<&Tensor> {
+        self.float.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{} was loaded packed; its float weight is not available",
+                self.name
+            ))
+        })
     }
 
     /// What the layer currently computes with.
@@ -96,46 +164,85 @@ impl QLinear {
 
     /// Makes the layer compute with `weight` (same shape as the float weight), labelled `source`.
     pub fn set_weight(&self, source: WeightSource, weight: Tensor) -> candle_core::Result<()> {
-        if weight.dims() != self.float.dims() {
+        if weight.dims() != [self.shape.0, self.shape.1] {
             candle_core::bail!(
                 "{}: replacement weight has shape {:?}, expected {:?}",
                 self.name,
                 weight.dims(),
-                self.float.dims()
+                self.shape
             );
         }
         let weight = weight.to_dtype(candle_core::DType::F32)?;
-        *self.active.write().unwrap_or_else(|e| e.into_inner()) = (source, weight);
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = (source, Weight::Dense(weight));
         Ok(())
     }
 
-    /// Makes the layer compute with its float weight stored in `format` and read back
-    /// (calibrated by `cal`, optionally weighted by a per-input-channel `importance`).
+    /// The layer's float weight stored in `format` and read back (calibrated by `cal`,
+    /// optionally weighted by a per-input-channel `importance`): what a forward pass sees.
+    pub fn fake_weight(
+        &self,
+        format: Format,
+        cal: Calibrator,
+        importance: Option<&[f32]>,
+    ) -> Result<Tensor> {
+        let (rows, cols) = self.shape();
+        let fake = crate::quant::fake_quantize(
+            &self.float_values(format)?,
+            rows,
+            cols,
+            format,
+            cal,
+            importance,
+        )
+        .map_err(|m| Error::unsupported(std::path::Path::new(&self.name), m))?;
+        Tensor::from_vec(fake, (rows, cols), &candle_core::Device::Cpu)
+            .map_err(Error::compute(format!("{}: {format}", self.name)))
+    }
+
+    /// The layer's float weight stored in `format` (packed codes, scales and zero-points).
+    pub fn quantized(
+        &self,
+        format: Format,
+        cal: Calibrator,
+        importance: Option<&[f32]>,
+    ) -> Result<QuantizedTensor> {
+        let (rows, cols) = self.shape();
+        crate::quant::quantize(
+            &self.float_values(format)?,
+            rows,
+            cols,
+            format,
+            cal,
+            importance,
+        )
+        .map_err(|m| Error::unsupported(std::path::Path::new(&self.name), m))
+    }
+
+    /// Row-major float weight values (errors name `format`, what they are for).
+    pub fn float_values(&self, format: Format) -> Result<Vec<f32>> {
+        self.float_weight()
+            .and_then(|t| t.flatten_all()?.to_vec1())
+            .map_err(Error::compute(format!("{}: {format}", self.name)))
+    }
+
+    /// Makes the layer compute with [`Self::fake_weight`].
     pub fn fake_quantize(
         &self,
         format: Format,
         cal: Calibrator,
         importance: Option<&[f32]>,
     ) -> Result<()> {
-        let (rows, cols) = self.shape();
-        let context = || format!("{}: {format}", self.name);
-        let w: Vec<f32> = self
-            .float
-            .flatten_all()
-            .and_then(|t| t.to_vec1())
-            .map_err(Error::compute(context()))?;
-        let fake = crate::quant::fake_quantize(&w, rows, cols, format, cal, importance)
-            .map_err(|m| Error::unsupported(std::path::Path::new(&self.name), m))?;
-        let t = Tensor::from_vec(fake, (rows, cols), self.float.device())
-            .map_err(Error::compute(context()))?;
+        let t = self.fake_weight(format, cal, importance)?;
         self.set_weight(WeightSource::Fake(format), t)
-            .map_err(Error::compute(context()))
+            .map_err(Error::compute(format!("{}: {format}", self.name)))
     }
 
-    /// Back to the float weight.
+    /// Back to the float weight (a layer loaded packed stays packed).
     pub fn reset(&self) {
-        *self.active.write().unwrap_or_else(|e| e.into_inner()) =
-            (WeightSource::Float, self.float.clone());
+        if let Some(float) = &self.float {
+            *self.active.write().unwrap_or_else(|e| e.into_inner()) =
+                (WeightSource::Float, Weight::Dense(float.clone()));
+        }
     }
 
     /// Fake-quantizes this layer's input with `quant` from now on (`None`: float input).
@@ -153,7 +260,7 @@ impl QLinear {
         *self.observer.write().unwrap_or_else(|e| e.into_inner()) = observer;
     }
 
-    fn read_active(&self) -> std::sync::RwLockReadGuard<'_, (WeightSource, Tensor)> {
+    fn read_active(&self) -> std::sync::RwLockReadGuard<'_, (WeightSource, Weight)> {
         self.active.read().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -199,10 +306,16 @@ impl QLinear {
             None => x2,
         };
         let w = match overrides.and_then(|o| o.weight(&self.name)) {
-            Some(w) => w.clone(),
+            Some(w) => Weight::Dense(w.clone()),
             None => self.read_active().1.clone(),
         };
-        let mut y = x2.matmul(&w.t()?)?;
+        let mut y = match w {
+            Weight::Dense(w) => x2.matmul(&w.t()?)?,
+            Weight::Packed(p) => match &*p {
+                PackedWeight::Int(q) => packed_matmul(q, &x2)?,
+                PackedWeight::Gguf(m) => m.forward(&x2)?,
+            },
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -210,6 +323,17 @@ impl QLinear {
         shape.push(out);
         y.reshape(shape)
     }
+}
+
+/// `x W^T` for `x` `[tokens, in]` with W packed, on qpipe-kernels' GEMM.
+fn packed_matmul(w: &IntQuantized, x: &Tensor) -> candle_core::Result<Tensor> {
+    let tokens = x.dim(0)?;
+    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let mut y = vec![0f32; tokens * w.rows];
+    w.with_kernel_view(|m| qpipe_kernels::gemm(m, &xs, tokens, &mut y))
+        .map_err(candle_core::Error::Msg)?
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    Tensor::from_vec(y, (tokens, w.rows), x.device())
 }
 
 /// An observer that keeps every input it sees, per layer, in order (for tests and small runs).

@@ -4,6 +4,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
+use crate::export::packed::Packed;
 use crate::model::qlinear::QLinear;
 use candle_core::{DType, Device, Tensor};
 use serde::de::DeserializeOwned;
@@ -17,6 +18,9 @@ pub enum Weights<'a> {
     /// Tensors already in memory, used as they are (shared, so training updates reach the
     /// model): the training example builds its model from its variables this way.
     Memory(&'a HashMap<String, Tensor>),
+    /// A packed checkpoint: its quantized weights become packed [`QLinear`]s, multiplied as
+    /// stored; every other tensor is read as from a checkpoint.
+    Packed(&'a Packed),
 }
 
 impl<'a> Weights<'a> {
@@ -30,6 +34,9 @@ impl<'a> Weights<'a> {
         match self {
             Weights::Checkpoint(c) => c.get(name).is_some(),
             Weights::Memory(m) => m.contains_key(name),
+            Weights::Packed(p) => {
+                p.checkpoint.get(name).is_some() || p.manifest.tensors.contains_key(name)
+            }
         }
     }
 
@@ -37,6 +44,7 @@ impl<'a> Weights<'a> {
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let checkpoint = match self {
             Weights::Checkpoint(c) => c,
+            Weights::Packed(p) => &p.checkpoint,
             Weights::Memory(m) => {
                 let t = m.get(name).ok_or_else(|| {
                     Error::invalid(Path::new("<memory>"), format!("no tensor named '{name}'"))
@@ -72,13 +80,28 @@ impl<'a> Weights<'a> {
     /// A [`QLinear`] from `{prefix}.weight` `[out, in]` and, if present, `{prefix}.bias` `[out]`.
     pub fn linear(&self, prefix: &str, out: usize, inp: usize) -> Result<QLinear> {
         let name = format!("{prefix}.weight");
-        let weight = self.tensor(&name, &[out, inp])?;
         let bias_name = format!("{prefix}.bias");
         let bias = if self.has(&bias_name) {
             Some(self.tensor(&bias_name, &[out])?)
         } else {
             None
         };
+        if let Weights::Packed(p) = self {
+            if let Some(e) = p.manifest.tensors.get(&name) {
+                if e.shape != [out, inp] {
+                    return Err(Error::invalid(
+                        p.checkpoint.first_file(),
+                        format!(
+                            "packed weight '{name}' has shape {:?}, the config implies [{out}, {inp}]",
+                            e.shape
+                        ),
+                    ));
+                }
+                let weight = p.weight(&name)?;
+                return QLinear::packed(name, e.format, (out, inp), weight, bias, e.input_quant);
+            }
+        }
+        let weight = self.tensor(&name, &[out, inp])?;
         Ok(QLinear::new(name, weight, bias))
     }
 }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::eval::baseline::{layers, Baseline};
 use crate::model::{Model, Overrides};
 use crate::quant::{ActivationQuant, Calibrator, Format};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -38,8 +38,8 @@ pub struct Evaluator<'a> {
     baseline: &'a Baseline,
     layer_of: Vec<usize>,
     importance: Vec<Vec<f32>>,
-    /// Per layer, the activation quantizer of each of its tensors' inputs per bit width.
-    activation: Vec<HashMap<u32, Vec<ActivationQuant>>>,
+    /// Per tensor, the quantizer of its input per activation bit width.
+    activation: Vec<HashMap<u32, ActivationQuant>>,
     weights: Mutex<TensorCache<(usize, Gene)>>,
     losses: Mutex<HashMap<u64, f64>>,
     prefixes: Mutex<TensorCache<(usize, u64)>>,
@@ -98,7 +98,7 @@ impl<K: std::hash::Hash + Eq + Copy> TensorCache<K> {
 }
 
 /// A genome's weights and input quantizers as per-forward overrides.
-struct GenomeOverrides<'g> {
+pub struct GenomeOverrides<'g> {
     weights: HashMap<&'g str, Tensor>,
     quants: HashMap<&'g str, Option<ActivationQuant>>,
 }
@@ -131,19 +131,20 @@ impl<'a> Evaluator<'a> {
             )
         };
         let mut importance = Vec::with_capacity(space.slots.len());
-        let mut activation: Vec<HashMap<u32, Vec<ActivationQuant>>> =
-            vec![HashMap::new(); space.layers];
+        let mut activation = Vec::with_capacity(space.slots.len());
         for slot in &space.slots {
             let s = stats
                 .linear(&slot.name)
                 .ok_or_else(|| missing(&slot.name))?;
             importance.push(s.importance());
+            let mut by_bits = HashMap::new();
             for bits in space.activation_bits.iter().flatten() {
                 let q =
                     ActivationQuant::calibrated(ACTIVATION_CALIBRATOR, &s.histogram, *bits, false)
                         .map_err(|m| Error::invalid(Path::new(&slot.name), m))?;
-                activation[slot.layer].entry(*bits).or_default().push(q);
+                by_bits.insert(*bits, q);
             }
+            activation.push(by_bits);
         }
         Ok(Evaluator {
             model,
@@ -195,6 +196,17 @@ impl<'a> Evaluator<'a> {
         let mut cache = lock(&self.losses);
         cache.extend(fresh);
         Ok(genomes.iter().map(|g| cache[&g.key()]).collect())
+    }
+
+    /// The per-input-column importance of tensor `i` (slot order) weighting its calibrator.
+    pub fn importance(&self, i: usize) -> &[f32] {
+        &self.importance[i]
+    }
+
+    /// The quantizer of tensor `i`'s input under `g` (`None`: float input).
+    pub fn input_quant(&self, g: &Genome, i: usize) -> Option<ActivationQuant> {
+        let layer = self.space.slots[i].layer;
+        g.activation_bits[layer].and_then(|b| self.activation[i].get(&b).copied())
     }
 
     /// Known losses (for saving the search state).
@@ -253,7 +265,9 @@ impl<'a> Evaluator<'a> {
         run().map_err(Error::compute(context()))
     }
 
-    fn overrides<'g>(&self, g: &'g Genome) -> Result<GenomeOverrides<'g>>
+    /// `g` as overrides of the float model's forward pass (fake-quantized weights, input
+    /// quantizers).
+    pub fn overrides<'g>(&self, g: &'g Genome) -> Result<GenomeOverrides<'g>>
     where
         'a: 'g,
     {
@@ -262,14 +276,9 @@ impl<'a> Evaluator<'a> {
             .map_err(|m| Error::invalid(Path::new("genome"), m))?;
         let mut weights = HashMap::new();
         let mut quants = HashMap::new();
-        let mut index_in_layer: HashMap<usize, usize> = HashMap::new();
         for (i, (slot, gene)) in self.space.slots.iter().zip(&g.genes).enumerate() {
             weights.insert(slot.name.as_str(), self.weight(i, *gene)?);
-            let k = index_in_layer.entry(slot.layer).or_default();
-            let quant = g.activation_bits[slot.layer]
-                .and_then(|b| self.activation[slot.layer].get(&b).map(|qs| qs[*k]));
-            *k += 1;
-            quants.insert(slot.name.as_str(), quant);
+            quants.insert(slot.name.as_str(), self.input_quant(g, i));
         }
         Ok(GenomeOverrides { weights, quants })
     }
@@ -286,24 +295,7 @@ impl<'a> Evaluator<'a> {
             .into_iter()
             .find(|l| l.name() == slot.name)
             .ok_or_else(|| Error::invalid(Path::new(&slot.name), "not a layer of the model"))?;
-        let [rows, cols] = slot.shape;
-        let context = || format!("{} in {}", slot.name, gene.format);
-        let w: Vec<f32> = linear
-            .float_weight()
-            .flatten_all()
-            .and_then(|t| t.to_vec1())
-            .map_err(Error::compute(context()))?;
-        let fake = crate::quant::fake_quantize(
-            &w,
-            rows,
-            cols,
-            gene.format,
-            gene.calibrator,
-            Some(&self.importance[i]),
-        )
-        .map_err(|m| Error::unsupported(Path::new(&slot.name), m))?;
-        let t = Tensor::from_vec(fake, (rows, cols), &Device::Cpu)
-            .map_err(Error::compute(context()))?;
+        let t = linear.fake_weight(gene.format, gene.calibrator, Some(&self.importance[i]))?;
         lock(&self.weights).put((i, gene), &t);
         Ok(t)
     }

@@ -3,6 +3,9 @@
 //! Subcommands write their results to the writer they are given (stdout in the binary) and
 //! progress or timing to stderr; errors go back to `main`, which prints one line and exits 2.
 
+pub mod check;
+pub mod compress;
+pub mod eval;
 pub mod import;
 pub mod inspect;
 pub mod sensitivity;
@@ -29,6 +32,12 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Convert a GGUF model (llama/qwen2) to F32 safetensors, config.json and tokenizer.json.
     Import(import::Args),
+    /// Sensitivity, search, packed export and held-out evaluation for one hardware target.
+    Compress(compress::Args),
+    /// A packed checkpoint's accuracy, run on its packed weights, against the float model.
+    Eval(eval::Args),
+    /// CI gate: exit 0 when the packed checkpoint's accuracy holds, 1 on a regression.
+    Check(check::Args),
     /// Measured accuracy loss of quantizing each matmul weight alone, per candidate format.
     Sensitivity(sensitivity::Args),
     /// Hardware targets: legal formats, cost-model parameters and sources; cost estimates.
@@ -38,11 +47,49 @@ pub enum Command {
 /// Runs the parsed command, writing results to `out`; returns the process exit code.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<i32> {
     match cli.command {
+        Command::Compress(args) => compress::run(&args, out),
+        Command::Eval(args) => eval::run(&args, out),
+        Command::Check(args) => check::run(&args, out),
         Command::Inspect(args) => inspect::run(&args, out),
         Command::Import(args) => import::run(&args, out),
         Command::Sensitivity(args) => sensitivity::run(&args, out),
         Command::Targets(args) => targets::run(&args, out),
     }
+}
+
+/// The tokens of text file `path`, cut to whole sequences of `seq_len` within `tokens`; an
+/// error when not even one sequence fits, a note on stderr when fewer than `tokens` do.
+pub(crate) fn load_tokens(
+    tokenizer: &tokenizers::Tokenizer,
+    path: &Path,
+    tokens: usize,
+    seq_len: usize,
+) -> Result<Vec<u32>> {
+    if seq_len < 2 || tokens < seq_len {
+        return Err(Error::invalid(
+            Path::new("--tokens"),
+            format!(
+                "{tokens} tokens must cover at least one sequence of --seq-len {seq_len} (>= 2)"
+            ),
+        ));
+    }
+    let mut ids = crate::data::encode_file(tokenizer, path)?;
+    let used = (ids.len().min(tokens) / seq_len) * seq_len;
+    if used == 0 {
+        return Err(Error::invalid(
+            path,
+            format!("{} tokens, fewer than one sequence of {seq_len}", ids.len()),
+        ));
+    }
+    if used < tokens {
+        eprintln!(
+            "qpipe: note: using {used} tokens of {} ({} in all, in whole sequences of {seq_len})",
+            path.display(),
+            ids.len()
+        );
+    }
+    ids.truncate(used);
+    Ok(ids)
 }
 
 /// Maps a failed write to stdout to an error naming it.

@@ -2,7 +2,7 @@
 
 use crate::checkpoint::write::write_atomic;
 use crate::checkpoint::Checkpoint;
-use crate::cli::stdout_error;
+use crate::cli::{load_tokens, stdout_error};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::quant::{Calibrator, Format};
@@ -62,36 +62,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let checkpoint = Checkpoint::open(&args.model)?;
     let model = Model::load(&checkpoint)?;
     let tokenizer = data::tokenizer(&checkpoint)?;
-    let ids = data::encode_file(&tokenizer, &args.data)?;
-    if args.seq_len < 2 || args.tokens < args.seq_len {
-        return Err(Error::invalid(
-            Path::new("--tokens"),
-            format!(
-                "--tokens {} must cover at least one sequence of --seq-len {} (>= 2)",
-                args.tokens, args.seq_len
-            ),
-        ));
-    }
+    let ids = load_tokens(&tokenizer, &args.data, args.tokens, args.seq_len)?;
     let sequences = data::sequences(&ids, args.seq_len, args.tokens);
-    if sequences.is_empty() {
-        return Err(Error::invalid(
-            &args.data,
-            format!(
-                "{} tokens, fewer than one sequence of {}",
-                ids.len(),
-                args.seq_len
-            ),
-        ));
-    }
     let used = sequences.len() * args.seq_len;
-    if used < args.tokens {
-        eprintln!(
-            "qpipe: note: measuring on {used} tokens ({} has {}, in whole sequences of {})",
-            args.data.display(),
-            ids.len(),
-            args.seq_len
-        );
-    }
     let stats = calib::collect(&model, &sequences, 1)?;
     let options = Options {
         formats: args.formats.clone(),
@@ -194,7 +167,7 @@ fn by_tensor(result: &Sensitivity) -> Vec<(&str, Vec<usize>, BTreeMap<Format, f6
 }
 
 /// One bar group per tensor in forward order, one bar per format.
-fn chart(result: &Sensitivity, formats: &[Format]) -> String {
+pub(crate) fn chart(result: &Sensitivity, formats: &[Format]) -> String {
     let rows = by_tensor(result);
     let categories: Vec<String> = rows.iter().map(|r| short_name(r.0)).collect();
     let series: Vec<(String, Vec<Option<f64>>)> = formats

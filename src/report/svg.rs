@@ -274,7 +274,8 @@ fn decade_grid(s: &mut String, (lo, hi): (f64, f64), x0: f64, x1: f64, y: impl F
 }
 
 /// Escapes text for XML content and attributes.
-fn escape(text: &str) -> String {
+/// `text` with XML's special characters escaped (SVG and JUnit XML).
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -96,6 +96,9 @@ pub struct Space {
     pub activation_bits: Vec<Option<u32>>,
     /// Number of layers genomes give activation bits to.
     pub layers: usize,
+    /// Per format, the activation options (in `activation_bits` order) it may run with; a
+    /// format absent here runs with every option.
+    pub activation_rule: std::collections::HashMap<Format, Vec<Option<u32>>>,
 }
 
 /// A genome with tensor names, for files people read and for reloading against a model.
@@ -164,7 +167,36 @@ impl Space {
             calibrators,
             activation_bits,
             layers: groups.len(),
+            activation_rule: std::collections::HashMap::new(),
         })
+    }
+
+    /// Restricts which activation options each format may run with (a target's legality
+    /// matrix); seeds and mutations then only produce legal pairs.
+    pub fn with_activation_rule(mut self, legal: impl Fn(Format, Option<u32>) -> bool) -> Space {
+        let mut formats: Vec<Format> = self.slots.iter().flat_map(|s| s.formats.clone()).collect();
+        formats.sort();
+        formats.dedup();
+        self.activation_rule = formats
+            .into_iter()
+            .map(|f| {
+                let ok = self
+                    .activation_bits
+                    .iter()
+                    .copied()
+                    .filter(|b| legal(f, *b))
+                    .collect();
+                (f, ok)
+            })
+            .collect();
+        self
+    }
+
+    /// Whether `format` may run with activations at `bits`.
+    pub fn pair_legal(&self, format: Format, bits: Option<u32>) -> bool {
+        self.activation_rule
+            .get(&format)
+            .is_none_or(|ok| ok.contains(&bits))
     }
 
     /// Layer of every slot, in slot order.

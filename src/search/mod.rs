@@ -61,8 +61,12 @@ pub struct Fitness {
 }
 
 impl Constraints {
-    /// Sum of the relative excesses over each limit (0 when all hold).
+    /// Sum of the relative excesses over each limit (0 when all hold); infinite for a genome
+    /// the target cannot run (its cost model prices it at infinity).
     pub fn violation(&self, f: &Fitness) -> f64 {
+        if !(f.latency_ms.is_finite() && f.energy_mj.is_finite()) {
+            return f64::INFINITY;
+        }
         let over =
             |v: f64, limit: Option<f64>| limit.map_or(0.0, |l| (v / l.max(1e-300) - 1.0).max(0.0));
         over(f.bits_per_weight, self.max_bpw)
@@ -357,20 +361,25 @@ pub fn run(
     })
 }
 
-/// Every uniform legal format (with the first calibrator and activation option), then
-/// Lagrangian allocations from the sensitivity at budgets spread between the smallest and the
-/// largest uniform size, plus the `max_bpw` limit itself.
+/// Every uniform legal format (with the first calibrator and the first activation option it
+/// may run with), then, per activation option, Lagrangian allocations from the sensitivity at
+/// budgets spread between the smallest and the largest uniform size, plus the `max_bpw` limit.
 fn seed_genomes(space: &Space, guide: &Guide, settings: &Settings) -> Vec<(String, Genome)> {
     let calibrator = space.calibrators[0];
-    let bits = space.activation_bits[0];
     let mut formats: Vec<_> = space.slots[0].formats.clone();
     formats.retain(|f| space.slots.iter().all(|s| s.formats.contains(f)));
     let mut seeds: Vec<(String, Genome)> = formats
         .iter()
         .filter_map(|&f| {
-            space
-                .uniform(f, calibrator, bits)
-                .map(|g| (format!("uniform {f}"), g))
+            let bits = *space
+                .activation_bits
+                .iter()
+                .find(|b| space.pair_legal(f, **b))?;
+            let name = match bits {
+                Some(b) => format!("uniform {f} a{b}"),
+                None => format!("uniform {f}"),
+            };
+            space.uniform(f, calibrator, bits).map(|g| (name, g))
         })
         .collect();
     if guide.has_sensitivity() {
@@ -383,10 +392,22 @@ fn seed_genomes(space: &Space, guide: &Guide, settings: &Settings) -> Vec<(Strin
         });
         let mut budgets: Vec<f64> = (1..=5).map(|k| lo + (hi - lo) * k as f64 / 6.0).collect();
         budgets.extend(settings.constraints.max_bpw);
-        for bpw in budgets {
-            let g = guide.lagrangian(space, bpw, calibrator, bits);
-            if space.bits_per_weight(&g) <= bpw + 1e-9 && !seeds.iter().any(|(_, s)| *s == g) {
-                seeds.push((format!("lagrangian {bpw:.2} bpw"), g));
+        // The spread of budgets with the first activation option that every tensor can run
+        // with, and the limit itself with each other option.
+        for (k, &bits) in space.activation_bits.iter().enumerate() {
+            let label = bits.map_or(String::new(), |b| format!(" a{b}"));
+            let budgets = if k == 0 || seeds.iter().all(|(o, _)| !o.starts_with("lagrangian")) {
+                budgets.clone()
+            } else {
+                settings.constraints.max_bpw.into_iter().collect()
+            };
+            for &bpw in &budgets {
+                let Some(g) = guide.lagrangian(space, bpw, calibrator, bits) else {
+                    continue;
+                };
+                if space.bits_per_weight(&g) <= bpw + 1e-9 && !seeds.iter().any(|(_, s)| *s == g) {
+                    seeds.push((format!("lagrangian {bpw:.2} bpw{label}"), g));
+                }
             }
         }
     }
@@ -450,40 +471,62 @@ impl Guide {
         self.loss.iter().any(|l| !l.is_empty())
     }
 
-    /// Loss of slot `i` in `f`: measured, else interpolated as zero for formats with more
-    /// bytes than every measured one and the worst measured loss otherwise.
+    /// Loss of slot `i` in `f`: measured, else interpolated log-linearly in bytes between the
+    /// measured formats around it (beyond them: the nearest measured loss; none measured: 0).
     fn slot_loss(&self, space: &Space, i: usize, f: crate::quant::Format) -> f64 {
         if let Some(&l) = self.loss[i].get(&f) {
             return l;
         }
         let slot = &space.slots[i];
-        let bytes = slot.bytes(f);
-        // Nearest measured format with at least as many bytes bounds the loss from above.
-        self.loss[i]
+        let bytes = slot.bytes(f) as f64;
+        let mut known: Vec<(f64, f64)> = self.loss[i]
             .iter()
-            .filter(|(g, _)| slot.bytes(**g) <= bytes)
-            .map(|(g, l)| (slot.bytes(*g), *l))
-            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
-            .map_or(0.0, |(_, l)| l)
+            .map(|(g, l)| (slot.bytes(*g) as f64, l.max(1e-12)))
+            .collect();
+        known.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let below = known.iter().rev().find(|k| k.0 <= bytes);
+        let above = known.iter().find(|k| k.0 >= bytes);
+        match (below, above) {
+            (Some(&(b0, l0)), Some(&(b1, l1))) if b1 > b0 => {
+                let t = (bytes - b0) / (b1 - b0);
+                (l0.ln() + t * (l1.ln() - l0.ln())).exp()
+            }
+            (Some(&(_, l)), _) | (None, Some(&(_, l))) => l,
+            (None, None) => 0.0,
+        }
     }
 
-    /// Per tensor, the format minimising loss + lambda * bytes, with lambda bisected so the
-    /// total stays within `bpw` (the largest lambda-feasible allocation).
+    /// Per tensor, the format (among those that run with activations at `bits`) minimising
+    /// loss + lambda * bytes, with lambda bisected so the total stays within `bpw` (the largest
+    /// lambda-feasible allocation); `None` if some tensor has no format for `bits`.
     fn lagrangian(
         &self,
         space: &Space,
         bpw: f64,
         calibrator: crate::quant::Calibrator,
         bits: Option<u32>,
-    ) -> Genome {
+    ) -> Option<Genome> {
+        let legal: Vec<Vec<crate::quant::Format>> = space
+            .slots
+            .iter()
+            .map(|s| {
+                s.formats
+                    .iter()
+                    .copied()
+                    .filter(|f| space.pair_legal(*f, bits))
+                    .collect()
+            })
+            .collect();
+        if legal.iter().any(Vec::is_empty) {
+            return None;
+        }
         let alloc = |lambda: f64| Genome {
             genes: space
                 .slots
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let format = *s
-                        .formats
+                    let format = *legal[i]
                         .iter()
                         .min_by(|a, b| {
                             let cost = |f: crate::quant::Format| {
@@ -491,7 +534,7 @@ impl Guide {
                             };
                             cost(**a).total_cmp(&cost(**b)).then(a.cmp(b))
                         })
-                        .unwrap_or(&s.formats[0]);
+                        .unwrap_or(&legal[i][0]);
                     Gene { format, calibrator }
                 })
                 .collect(),
@@ -509,7 +552,7 @@ impl Guide {
                 hi = mid;
             }
         }
-        alloc(hi)
+        Some(alloc(hi))
     }
 
     /// A child of `g` with one tensor moved one format step. `shrink`: `Some(true)` moves down
@@ -534,8 +577,23 @@ impl Guide {
         }
         if roll < 0.2 && space.activation_bits.len() > 1 {
             let l = rng.random_range(0..space.layers);
-            child.activation_bits[l] =
-                space.activation_bits[rng.random_range(0..space.activation_bits.len())];
+            // Only options every tensor of the layer may run with.
+            let options: Vec<Option<u32>> = space
+                .activation_bits
+                .iter()
+                .copied()
+                .filter(|b| {
+                    space
+                        .slots
+                        .iter()
+                        .zip(&child.genes)
+                        .filter(|(s, _)| s.layer == l)
+                        .all(|(_, g)| space.pair_legal(g.format, *b))
+                })
+                .collect();
+            if !options.is_empty() {
+                child.activation_bits[l] = options[rng.random_range(0..options.len())];
+            }
             return child;
         }
         let down = shrink.unwrap_or_else(|| rng.random_bool(0.5));
@@ -548,6 +606,9 @@ impl Guide {
                 let at = s.formats.iter().position(|f| *f == child.genes[i].format)?;
                 let to = if down { at.checked_sub(1)? } else { at + 1 };
                 let f = *s.formats.get(to)?;
+                if !space.pair_legal(f, child.activation_bits[s.layer]) {
+                    return None;
+                }
                 let dl = (self.slot_loss(space, i, f)
                     - self.slot_loss(space, i, child.genes[i].format))
                 .abs();

@@ -84,7 +84,8 @@ pub fn crowding(scores: &[Score], front: &[usize]) -> Vec<f64> {
         let (lo, hi) = (value(order[0]), value(order[order.len() - 1]));
         distance[order[0]] = f64::INFINITY;
         distance[order[order.len() - 1]] = f64::INFINITY;
-        if hi > lo {
+        // An infinite extreme (a genome the target cannot run) spreads nothing.
+        if hi > lo && (hi - lo).is_finite() {
             for w in 1..order.len() - 1 {
                 distance[order[w]] += (value(order[w + 1]) - value(order[w - 1])) / (hi - lo);
             }

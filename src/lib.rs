@@ -9,6 +9,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod gguf_layout;
 pub mod hardware;
 pub mod import;
 pub mod model;

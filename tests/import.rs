@@ -6,7 +6,7 @@ mod common;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use common::qpipe;
+use common::{gguf_name, llama_cpp_permute, qpipe};
 use qpipe::checkpoint::Checkpoint;
 use std::path::Path;
 
@@ -17,22 +17,6 @@ const HEAD_DIM: usize = HIDDEN / HEADS;
 const FFN: usize = 24;
 const LAYERS: usize = 2;
 const VOCAB: usize = 5;
-
-/// llama.cpp's convert_hf_to_gguf.py `permute` (reshape to (heads, 2, d/2, cols), swap axes 1
-/// and 2), transcribed independently of the importer's inverse.
-fn llama_cpp_permute(hf: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    let d = hf.len() / cols / heads;
-    let mut out = Vec::with_capacity(hf.len());
-    for h in 0..heads {
-        for i in 0..d / 2 {
-            for j in 0..2 {
-                let row = h * d + j * (d / 2) + i;
-                out.extend_from_slice(&hf[row * cols..(row + 1) * cols]);
-            }
-        }
-    }
-    out
-}
 
 /// HF name, shape, values of a tiny tied Llama with Q/K biases and distinct values everywhere.
 fn hf_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
@@ -76,36 +60,6 @@ fn hf_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
         values(HIDDEN),
     ));
     out
-}
-
-fn gguf_name(hf: &str) -> String {
-    let fixed = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-    ];
-    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
-        return g.to_string();
-    }
-    let rest = hf.strip_prefix("model.layers.").unwrap();
-    let (layer, rest) = rest.split_once('.').unwrap();
-    let role = [
-        ("input_layernorm.weight", "attn_norm.weight"),
-        ("post_attention_layernorm.weight", "ffn_norm.weight"),
-        ("self_attn.q_proj.weight", "attn_q.weight"),
-        ("self_attn.q_proj.bias", "attn_q.bias"),
-        ("self_attn.k_proj.weight", "attn_k.weight"),
-        ("self_attn.k_proj.bias", "attn_k.bias"),
-        ("self_attn.v_proj.weight", "attn_v.weight"),
-        ("self_attn.o_proj.weight", "attn_output.weight"),
-        ("mlp.gate_proj.weight", "ffn_gate.weight"),
-        ("mlp.up_proj.weight", "ffn_up.weight"),
-        ("mlp.down_proj.weight", "ffn_down.weight"),
-    ]
-    .iter()
-    .find(|(h, _)| *h == rest)
-    .unwrap()
-    .1;
-    format!("blk.{layer}.{role}")
 }
 
 /// Writes a GGUF the way llama.cpp's converter would (Q/K weights and biases permuted), with a

@@ -91,7 +91,10 @@ fn temp_path(path: &Path) -> PathBuf {
 
 /// Creates `path` atomically: `write` fills a fresh temp file beside it (through a buffer), which
 /// is fsynced and renamed over `path`; on any error the temp file is removed and `path` untouched.
-fn atomically(path: &Path, write: impl FnOnce(&mut dyn Write, &Path) -> Result<()>) -> Result<()> {
+pub(crate) fn atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write, &Path) -> Result<()>,
+) -> Result<()> {
     let tmp = temp_path(path);
     let mut guard = TempGuard(Some(tmp.clone()));
     let file = OpenOptions::new()

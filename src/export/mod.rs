@@ -1,3 +1,5 @@
-//! Writing what the search chose: packed safetensors checkpoints qpipe reads back and runs.
+//! Writing what the search chose: packed safetensors checkpoints qpipe reads back and runs, and
+//! GGUF files for llama.cpp.
 
+pub mod gguf;
 pub mod packed;

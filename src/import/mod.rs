@@ -3,12 +3,14 @@
 //!
 //! Tensors are dequantized to f32 one at a time while the safetensors file is written (peak
 //! memory: the mapped GGUF plus one tensor). llama.cpp's converter permutes the rows of Q and K
-//! for its interleaved RoPE; HF models rotate halves, so the permutation is undone here.
+//! for its interleaved RoPE; HF models rotate halves, so the permutation is undone here
+//! (names and permutation: [`crate::gguf_layout`]).
 
 pub mod tokenizer;
 
 use crate::checkpoint::write::{write_atomic, write_safetensors, LazyTensor};
 use crate::error::{candle_message, Error, Result};
+use crate::gguf_layout::{hf_name, permuted_heads, unpermute_rows};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
 use serde::Serialize;
@@ -82,7 +84,7 @@ pub fn import_gguf(gguf: &Path, out: &Path) -> Result<Imported> {
             )
         })?;
         let shape = info.shape.dims().to_vec();
-        let heads = permuted_heads(&hyper, &hf);
+        let heads = permuted_heads(&hyper.arch, &hf, hyper.heads, hyper.kv_heads);
         if let Some(h) = heads {
             let rows = shape.first().copied().unwrap_or(0);
             if rows != h * hyper.head_dim {
@@ -298,68 +300,6 @@ fn hyper_parameters(content: &Content, path: &Path) -> Result<Hyper> {
     })
 }
 
-/// The HF Llama name for a GGUF tensor name.
-fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (role, kind) = rest.rsplit_once('.')?;
-    let hf = match role {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    matches!(kind, "weight" | "bias").then(|| format!("model.layers.{layer}.{hf}.{kind}"))
-}
-
-/// Heads whose rows llama.cpp permuted for `hf` (Q and K of the `llama` architecture only).
-fn permuted_heads(h: &Hyper, hf: &str) -> Option<usize> {
-    if h.arch != "llama" {
-        return None;
-    }
-    if hf.contains(".self_attn.q_proj.") {
-        Some(h.heads)
-    } else if hf.contains(".self_attn.k_proj.") {
-        Some(h.kv_heads)
-    } else {
-        None
-    }
-}
-
-/// Undoes llama.cpp's `permute`: within each head, GGUF row `2i + j` is HF row `j * d/2 + i`.
-/// Works for weights (rows of `values.len() / (heads * d)` columns) and biases (one column).
-fn unpermute_rows(values: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
-    let cols = values.len() / (heads * head_dim);
-    let half = head_dim / 2;
-    let mut out = vec![0f32; values.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = (h * head_dim + 2 * i + j) * cols;
-                let dst = (h * head_dim + j * half + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&values[src..src + cols]);
-            }
-        }
-    }
-    out
-}
-
 /// A Hugging Face config.json for the imported model.
 fn hf_config(h: &Hyper, content: &Content, vocab: usize, tied: bool) -> serde_json::Value {
     let (arch_name, model_type) = match h.arch.as_str() {
@@ -392,26 +332,4 @@ fn hf_config(h: &Hyper, content: &Content, vocab: usize, tied: bool) -> serde_js
 /// 9.999999747378752e-6) gives the config its authors wrote.
 fn shortest(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
-}
-
-/// The inverse against llama.cpp's `permute` (weights and biases) is tested end to end in
-/// tests/import.rs, with an independent transcription of it.
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn maps_gguf_names_to_hf_names() {
-        assert_eq!(
-            hf_name("blk.12.attn_q.weight").as_deref(),
-            Some("model.layers.12.self_attn.q_proj.weight")
-        );
-        assert_eq!(
-            hf_name("blk.0.attn_k.bias").as_deref(),
-            Some("model.layers.0.self_attn.k_proj.bias")
-        );
-        assert_eq!(hf_name("output.weight").as_deref(), Some("lm_head.weight"));
-        assert_eq!(hf_name("blk.0.attn_q.scale"), None);
-        assert_eq!(hf_name("rope_freqs.weight"), None);
-    }
 }

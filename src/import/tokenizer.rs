@@ -13,7 +13,7 @@
 //!   `Digits(individual_digits)` + `ByteLevel` pre-tokenizer of SmolLM2's tokenizer.json is the
 //!   same split. (With the GPT-2 regex alone, SmolLM2 would encode `"  1"` as `"Ġ", "Ġ", "1"`
 //!   instead of `"ĠĠ", "1"`.)
-//! - `gpt2`, `default` or no key: the GPT-2 regex. For `default` or no key llama.cpp uses its own
+//! - `gpt-2` (llama.cpp's name), `gpt2`, `default` or no key: the GPT-2 regex. For `default` or no key llama.cpp uses its own
 //!   ad-hoc list of regexes instead (and warns, when the key is missing, that generation quality
 //!   will be degraded); we use GPT-2's, as transformers does.
 //! - `llama3`, `llama-v3`, `llama-bpe`, `smaug-bpe`: Llama 3's regex (digits in groups of up to 3),
@@ -56,9 +56,14 @@ const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|
 /// Qwen2's split as llama.cpp spells it: Llama 3's with single digits.
 const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// The case-insensitive contractions as Llama 3's and Qwen2's tokenizer.json spell them...
+const HF_CONTRACTIONS: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)";
+/// ...and as llama.cpp spells them.
+const LLAMA_CPP_CONTRACTIONS: &str = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])";
+
 /// `tokenizer.ggml.pre` names accepted, by family (for error messages).
 const SUPPORTED_PRE: &str = "smollm, starcoder, refact, command-r, codeshell, exaone, \
-     minerva-7b (single digits + GPT-2 regex); gpt2, default or none (GPT-2 regex); llama3, llama-v3, \
+     minerva-7b (single digits + GPT-2 regex); gpt-2, gpt2, default or none (GPT-2 regex); llama3, llama-v3, \
      llama-bpe, smaug-bpe (Llama 3 regex); qwen2 (Qwen2 regex)";
 
 /// How text is cut into words before BPE: one variant per llama.cpp pre-tokenizer family.
@@ -78,7 +83,7 @@ impl PreTokenizer {
     /// The family of a `tokenizer.ggml.pre` value (`None`: the key is absent), if supported.
     pub fn from_gguf_name(name: Option<&str>) -> Option<Self> {
         Some(match name {
-            None | Some("gpt2" | "default") => Self::Gpt2,
+            None | Some("gpt-2" | "gpt2" | "default") => Self::Gpt2,
             Some(
                 "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
                 | "minerva" | "minerva-7b",
@@ -87,6 +92,73 @@ impl PreTokenizer {
             Some("qwen2") => Self::Qwen2,
             Some(_) => return None,
         })
+    }
+
+    /// The `tokenizer.ggml.pre` name llama.cpp knows this family by (what an export writes).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            // "gpt2" is llama.cpp's architecture name; as a pre-tokenizer it is "gpt-2".
+            Self::Gpt2 => "gpt-2",
+            Self::DigitsThenGpt2 => "smollm",
+            Self::Llama3 => "llama-bpe",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+
+    /// The family of a Hugging Face tokenizer.json's `pre_tokenizer` and `normalizer`, if it is
+    /// exactly one of these (the structures [`Self::pre_tokenizer`] builds, or the regexes the
+    /// original Llama 3 / Qwen2 files spell with `(?i:...)`).
+    pub fn from_tokenizer_json(
+        pre: &serde_json::Value,
+        normalizer: &serde_json::Value,
+    ) -> Option<Self> {
+        fn kind(v: &serde_json::Value) -> Option<&str> {
+            v.get("type").and_then(|t| t.as_str())
+        }
+        let flag = |v: &serde_json::Value, key: &str, default: bool| {
+            v.get(key).and_then(|b| b.as_bool()).unwrap_or(default)
+        };
+        let byte_level = |v: &serde_json::Value, regex: bool| {
+            kind(v) == Some("ByteLevel")
+                && flag(v, "use_regex", true) == regex
+                && !flag(v, "add_prefix_space", false)
+        };
+        let nfc = kind(normalizer) == Some("NFC");
+        if !normalizer.is_null() && !nfc {
+            return None;
+        }
+        let steps: Vec<&serde_json::Value> = match kind(pre) {
+            Some("Sequence") => pre.get("pretokenizers")?.as_array()?.iter().collect(),
+            _ => vec![pre],
+        };
+        let family = match steps.as_slice() {
+            [b] if byte_level(b, true) => Self::Gpt2,
+            [d, b]
+                if kind(d) == Some("Digits")
+                    && flag(d, "individual_digits", false)
+                    && byte_level(b, true) =>
+            {
+                Self::DigitsThenGpt2
+            }
+            [s, b] if kind(s) == Some("Split") && byte_level(b, false) => {
+                let isolated = s.get("behavior").and_then(|b| b.as_str()) == Some("Isolated");
+                if !isolated || flag(s, "invert", false) {
+                    return None;
+                }
+                let regex = s.get("pattern")?.get("Regex")?.as_str()?;
+                let regex = regex.replace(HF_CONTRACTIONS, LLAMA_CPP_CONTRACTIONS);
+                if regex == LLAMA3_REGEX {
+                    Self::Llama3
+                } else if regex == QWEN2_REGEX {
+                    Self::Qwen2
+                } else {
+                    return None;
+                }
+            }
+            _ => return None,
+        };
+        // Only Qwen2 normalizes (NFC); an NFC anywhere else would change the split.
+        (nfc == (family == Self::Qwen2)).then_some(family)
     }
 
     /// The `tokenizers` pre-tokenizer for this family.
@@ -578,7 +650,7 @@ mod tests {
 
     #[test]
     fn gpt2_keeps_digit_runs_together() {
-        for pre in [Some("gpt2"), Some("default"), None] {
+        for pre in [Some("gpt-2"), Some("gpt2"), Some("default"), None] {
             let t = build(metadata(pre)).unwrap();
             let expected: Vec<u32> = ["hello", "Ġ", "123"].iter().map(|s| id(&t, s)).collect();
             assert_eq!(encode(&t, "hello 123"), expected, "pre {pre:?}");
@@ -730,6 +802,50 @@ mod tests {
         };
         tokens[3] = Value::String("hello".into());
         assert!(invalid_message(build(m)).contains("twice"));
+    }
+
+    #[test]
+    fn tokenizer_json_pre_tokenizers_map_to_their_family() {
+        let null = serde_json::Value::Null;
+        let nfc = serde_json::json!({"type": "NFC"});
+        for pre in [
+            PreTokenizer::Gpt2,
+            PreTokenizer::DigitsThenGpt2,
+            PreTokenizer::Llama3,
+            PreTokenizer::Qwen2,
+        ] {
+            let json = serde_json::to_value(pre.pre_tokenizer().unwrap()).unwrap();
+            let normalizer = if pre == PreTokenizer::Qwen2 {
+                &nfc
+            } else {
+                &null
+            };
+            assert_eq!(
+                PreTokenizer::from_tokenizer_json(&json, normalizer),
+                Some(pre)
+            );
+            assert_eq!(
+                PreTokenizer::from_gguf_name(Some(pre.gguf_name())),
+                Some(pre)
+            );
+            let other = if pre == PreTokenizer::Qwen2 {
+                &null
+            } else {
+                &nfc
+            };
+            assert_eq!(PreTokenizer::from_tokenizer_json(&json, other), None);
+        }
+        // Llama 3's own tokenizer.json spells the contractions case-insensitively.
+        let hf_llama3 = serde_json::json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX.replace(LLAMA_CPP_CONTRACTIONS, HF_CONTRACTIONS)},
+             "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]});
+        assert_eq!(
+            PreTokenizer::from_tokenizer_json(&hf_llama3, &null),
+            Some(PreTokenizer::Llama3)
+        );
+        let whitespace = serde_json::json!({"type": "Whitespace"});
+        assert_eq!(PreTokenizer::from_tokenizer_json(&whitespace, &null), None);
     }
 
     /// The words `pre` cuts `text` into (byte-level spelling).

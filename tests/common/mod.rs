@@ -28,13 +28,16 @@ pub fn qpipe(args: &[&str]) -> (i32, String, String) {
 }
 
 /// Path of a model fetched by `scripts/fetch-models.sh` (e.g. "all-minilm-l6-v2"), if present.
-///
-/// Missing models skip the test locally (with a note on stderr) but fail it under CI=true, where
-/// `.ci/run` fetches them first: a test that silently skips in CI would prove nothing.
 pub fn fetched_model(name: &str) -> Option<std::path::PathBuf> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join(name);
+    fetched(&format!("models/{name}"))
+}
+
+/// The directory `relative` (to the crate root) that `scripts/fetch-models.sh` fills, if present.
+///
+/// Missing ones skip the test locally (with a note on stderr) but fail it under CI=true, where
+/// `.ci/run` fetches them first: a test that silently skips in CI would prove nothing.
+pub fn fetched(relative: &str) -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     if dir.is_dir() {
         return Some(dir);
     }
@@ -130,4 +133,51 @@ pub fn mean_kld<W: AsRef<[u32]>>(
                 .mean_kld;
     }
     total / windows.len() as f64
+}
+
+/// llama.cpp's convert_hf_to_gguf.py `permute` (reshape to (heads, 2, d/2, cols), swap axes 1
+/// and 2), transcribed independently of the importer's inverse.
+pub fn llama_cpp_permute(hf: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let d = hf.len() / cols / heads;
+    let mut out = Vec::with_capacity(hf.len());
+    for h in 0..heads {
+        for i in 0..d / 2 {
+            for j in 0..2 {
+                let row = h * d + j * (d / 2) + i;
+                out.extend_from_slice(&hf[row * cols..(row + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The GGUF name of an HF Llama tensor name, spelled out independently of the library's table.
+pub fn gguf_name(hf: &str) -> String {
+    let fixed = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+    ];
+    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
+        return g.to_string();
+    }
+    let rest = hf.strip_prefix("model.layers.").unwrap();
+    let (layer, rest) = rest.split_once('.').unwrap();
+    let role = [
+        ("input_layernorm.weight", "attn_norm.weight"),
+        ("post_attention_layernorm.weight", "ffn_norm.weight"),
+        ("self_attn.q_proj.weight", "attn_q.weight"),
+        ("self_attn.q_proj.bias", "attn_q.bias"),
+        ("self_attn.k_proj.weight", "attn_k.weight"),
+        ("self_attn.k_proj.bias", "attn_k.bias"),
+        ("self_attn.v_proj.weight", "attn_v.weight"),
+        ("self_attn.o_proj.weight", "attn_output.weight"),
+        ("mlp.gate_proj.weight", "ffn_gate.weight"),
+        ("mlp.up_proj.weight", "ffn_up.weight"),
+        ("mlp.down_proj.weight", "ffn_down.weight"),
+    ]
+    .iter()
+    .find(|(h, _)| *h == rest)
+    .unwrap()
+    .1;
+    format!("blk.{layer}.{role}")
 }

@@ -36,6 +36,11 @@ pub struct Options {
     pub prefix_reuse: bool,
     /// Only tensors whose name contains one of these (all when empty).
     pub tensors: Vec<String>,
+    /// Formats whose loss is estimated rather than measured: the tensor's proxy in that format
+    /// times its measured loss per unit of proxy in the measured format nearest in size (to
+    /// first order the loss grows with the importance-weighted error), at the cost of a
+    /// quantization instead of a forward pass.
+    pub estimated: Vec<Format>,
 }
 
 impl Options {
@@ -65,6 +70,9 @@ pub struct Entry {
     /// `importance[col] * (w - q(w))^2`, the expected squared output error if input channels
     /// were uncorrelated.
     pub proxy: f64,
+    /// Whether `loss` was estimated from the proxy (see [`Options::estimated`]), not measured.
+    #[serde(default)]
+    pub estimated: bool,
 }
 
 /// A (tensor, format) pair that was not measured, and why.
@@ -99,7 +107,7 @@ pub struct Sensitivity {
     pub entries: Vec<Entry>,
     /// Pairs a format cannot store.
     pub skipped: Vec<Skipped>,
-    /// Spearman rank correlation between `proxy` and `loss` over all entries.
+    /// Spearman rank correlation between `proxy` and `loss` over the measured entries.
     pub spearman: Option<f64>,
 }
 
@@ -143,9 +151,16 @@ pub fn analyse(
                 })?
                 .importance();
             let (rows, cols) = linear.shape();
-            for &format in &options.formats {
+            let all = options.formats.iter().map(|f| (*f, false));
+            for (format, estimated) in all.chain(options.estimated.iter().map(|f| (*f, true))) {
                 match format.check(rows, cols) {
-                    Ok(()) => candidates.push((layer, linear, format, importance.clone())),
+                    Ok(()) => candidates.push(Candidate {
+                        layer,
+                        linear,
+                        format,
+                        importance: importance.clone(),
+                        estimated,
+                    }),
                     Err(reason) => skipped.push(Skipped {
                         tensor: name.to_string(),
                         format,
@@ -155,27 +170,84 @@ pub fn analyse(
             }
         }
     }
-    if candidates.is_empty() {
+    if candidates.iter().all(|c| c.estimated) {
         return Err(Error::invalid(
             Path::new("--tensors"),
             "no tensor and format to measure",
         ));
     }
 
-    let entries = candidates
+    // Measured candidates first, then the estimates that scale their proxies.
+    let mut entries: Vec<Option<Entry>> = candidates
         .par_iter()
-        .map(|(layer, linear, format, importance)| {
-            let entry = measure(
-                model, &baseline, *layer, linear, *format, importance, options,
-            )?;
+        .map(|c| {
+            if c.estimated {
+                return Ok(None);
+            }
+            let entry = measure(model, &baseline, c, options)?;
             progress();
-            Ok(entry)
+            Ok(Some(entry))
         })
-        .collect::<Result<Vec<Entry>>>()?;
+        .collect::<Result<_>>()?;
+    let estimates = candidates
+        .par_iter()
+        .enumerate()
+        .filter(|(_, c)| c.estimated)
+        .map(|(i, c)| {
+            let (_, _, proxy) = weighted_error(c, options.calibrator)?;
+            let (rows, cols) = c.linear.shape();
+            let bpw = c.format.bits_per_weight(rows, cols);
+            let distance = |e: &Entry| (e.bits_per_weight - bpw).abs();
+            let nearest = entries
+                .iter()
+                .flatten()
+                .filter(|e| e.tensor == c.linear.name())
+                .min_by(|a, b| {
+                    // Ties go to the larger format, whose small perturbation the first-order
+                    // scaling describes better.
+                    distance(a)
+                        .total_cmp(&distance(b))
+                        .then(b.bits_per_weight.total_cmp(&a.bits_per_weight))
+                })
+                .ok_or_else(|| {
+                    Error::invalid(
+                        Path::new(c.linear.name()),
+                        "no measured format to scale the estimate from",
+                    )
+                })?;
+            let per_proxy = if nearest.proxy > 0.0 {
+                nearest.loss / nearest.proxy
+            } else {
+                0.0
+            };
+            Ok((
+                i,
+                Entry {
+                    tensor: c.linear.name().to_string(),
+                    layer: c.layer,
+                    shape: [rows, cols],
+                    format: c.format,
+                    bits_per_weight: bpw,
+                    loss: if nearest.proxy > 0.0 {
+                        proxy * per_proxy
+                    } else {
+                        nearest.loss
+                    },
+                    proxy,
+                    estimated: true,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (i, e) in estimates {
+        entries[i] = Some(e);
+    }
+    let entries: Vec<Entry> = entries.into_iter().flatten().collect();
+    let measured: Vec<&Entry> = entries.iter().filter(|e| !e.estimated).collect();
 
     let spearman = spearman(
-        &entries.iter().map(|e| e.proxy).collect::<Vec<_>>(),
-        &entries.iter().map(|e| e.loss).collect::<Vec<_>>(),
+        &measured.iter().map(|e| e.proxy).collect::<Vec<_>>(),
+        &measured.iter().map(|e| e.loss).collect::<Vec<_>>(),
     );
     Ok(Sensitivity {
         metric: baseline.metric(),
@@ -190,51 +262,66 @@ pub fn analyse(
     })
 }
 
-fn measure(
-    model: &Model,
-    baseline: &Baseline,
+/// One (tensor, format) to measure or estimate.
+struct Candidate<'m> {
     layer: usize,
-    linear: &QLinear,
+    linear: &'m QLinear,
     format: Format,
-    importance: &[f32],
-    options: &Options,
-) -> Result<Entry> {
-    let name = linear.name();
-    let (rows, cols) = linear.shape();
-    let context = || format!("{name} in {format}");
-    let w = linear.float_values(format)?;
+    importance: Vec<f32>,
+    estimated: bool,
+}
+
+/// The float weights, their fake-quantized values in the candidate's format, and the
+/// importance-weighted squared error between them.
+fn weighted_error(c: &Candidate<'_>, calibrator: Calibrator) -> Result<(Vec<f32>, Vec<f32>, f64)> {
+    let (rows, cols) = c.linear.shape();
+    let w = c.linear.float_values(c.format)?;
     let fake =
-        crate::quant::fake_quantize(&w, rows, cols, format, options.calibrator, Some(importance))
-            .map_err(|m| Error::unsupported(Path::new(name), m))?;
+        crate::quant::fake_quantize(&w, rows, cols, c.format, calibrator, Some(&c.importance))
+            .map_err(|m| Error::unsupported(Path::new(c.linear.name()), m))?;
     let proxy = w
         .chunks_exact(cols)
         .zip(fake.chunks_exact(cols))
         .map(|(wr, fr)| {
             wr.iter()
                 .zip(fr)
-                .zip(importance)
+                .zip(&c.importance)
                 .map(|((a, b), i)| f64::from(*i) * f64::from(a - b).powi(2))
                 .sum::<f64>()
         })
         .sum();
+    Ok((w, fake, proxy))
+}
+
+fn measure(
+    model: &Model,
+    baseline: &Baseline,
+    c: &Candidate<'_>,
+    options: &Options,
+) -> Result<Entry> {
+    let name = c.linear.name();
+    let (rows, cols) = c.linear.shape();
+    let context = || format!("{name} in {}", c.format);
+    let (_, fake, proxy) = weighted_error(c, options.calibrator)?;
     let weight =
         Tensor::from_vec(fake, (rows, cols), &Device::Cpu).map_err(Error::compute(context()))?;
     let swap = Swap {
         name,
         weight: &weight,
     };
-    let start = if options.prefix_reuse { layer } else { 0 };
+    let start = if options.prefix_reuse { c.layer } else { 0 };
     let loss = baseline
         .loss_from(model, start, Some(&swap))
         .map_err(Error::compute(context()))?;
     Ok(Entry {
         tensor: name.to_string(),
-        layer,
+        layer: c.layer,
         shape: [rows, cols],
-        format,
-        bits_per_weight: format.bits_per_weight(rows, cols),
+        format: c.format,
+        bits_per_weight: c.format.bits_per_weight(rows, cols),
         loss,
         proxy,
+        estimated: false,
     })
 }
 

@@ -54,6 +54,7 @@ fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
             top_k: 64,
             prefix_reuse: true,
             tensors: vec![],
+            estimated: vec![],
         },
         &|| {},
     )

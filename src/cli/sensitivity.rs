@@ -45,6 +45,10 @@ pub struct Args {
     /// Only tensors whose name contains one of these (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub tensors: Vec<String>,
+    /// Formats whose loss is estimated (proxy x the tensor's measured loss per proxy in the
+    /// measured format nearest in size) instead of measured, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub estimate: Vec<Format>,
     /// Recompute every layer for every candidate (no prefix reuse); only to measure the saving.
     #[arg(long)]
     pub full_recompute: bool,
@@ -72,6 +76,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         top_k: args.top_k,
         prefix_reuse: !args.full_recompute,
         tensors: args.tensors.clone(),
+        estimated: args.estimate.clone(),
     };
     let candidates = model
         .linears()
@@ -106,31 +111,29 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
             &dir.join("sensitivity.json"),
             format!("{json}\n").as_bytes(),
         )?;
-        write_atomic(
-            &dir.join("sensitivity.svg"),
-            chart(&result, &args.formats).as_bytes(),
-        )?;
+        write_atomic(&dir.join("sensitivity.svg"), chart(&result).as_bytes())?;
     }
     let text = if args.json {
         format!("{json}\n")
     } else {
-        table(&result, &args.formats)
+        table(&result)
     };
     out.write_all(text.as_bytes()).map_err(stdout_error)?;
     Ok(0)
 }
 
 /// Tensors as rows (most sensitive first: by the largest loss over formats), formats as columns.
-fn table(result: &Sensitivity, formats: &[Format]) -> String {
+fn table(result: &Sensitivity) -> String {
+    let formats = formats_of(result);
     let mut rows = by_tensor(result);
     let worst = |v: &BTreeMap<Format, f64>| v.values().copied().fold(0.0, f64::max);
     rows.sort_by(|a, b| worst(&b.2).total_cmp(&worst(&a.2)));
     let mut header = vec!["tensor".to_string(), "shape".to_string()];
-    header.extend(formats.iter().map(|f| f.to_string()));
+    header.extend(formats.iter().map(|(f, est)| label(*f, *est)));
     let mut t = Table::new(header);
     for (name, dims, losses) in rows {
         let mut cells = vec![name.to_string(), shape(&dims)];
-        cells.extend(formats.iter().map(|f| {
+        cells.extend(formats.iter().map(|(f, _)| {
             losses
                 .get(f)
                 .map_or("-".to_string(), |v| format!("{v:.3e}"))
@@ -152,6 +155,26 @@ fn table(result: &Sensitivity, formats: &[Format]) -> String {
     )
 }
 
+/// The formats of the entries in order of appearance, with whether their losses are estimated.
+fn formats_of(result: &Sensitivity) -> Vec<(Format, bool)> {
+    let mut out: Vec<(Format, bool)> = Vec::new();
+    for e in &result.entries {
+        if !out.iter().any(|(f, _)| *f == e.format) {
+            out.push((e.format, e.estimated));
+        }
+    }
+    out
+}
+
+/// A format's column or legend name.
+fn label(format: Format, estimated: bool) -> String {
+    if estimated {
+        format!("{format} (estimated)")
+    } else {
+        format.to_string()
+    }
+}
+
 /// Per tensor in forward order: name, shape and loss per format.
 fn by_tensor(result: &Sensitivity) -> Vec<(&str, Vec<usize>, BTreeMap<Format, f64>)> {
     let mut rows: Vec<(&str, Vec<usize>, BTreeMap<Format, f64>)> = Vec::new();
@@ -167,14 +190,14 @@ fn by_tensor(result: &Sensitivity) -> Vec<(&str, Vec<usize>, BTreeMap<Format, f6
 }
 
 /// One bar group per tensor in forward order, one bar per format.
-pub(crate) fn chart(result: &Sensitivity, formats: &[Format]) -> String {
+pub(crate) fn chart(result: &Sensitivity) -> String {
     let rows = by_tensor(result);
     let categories: Vec<String> = rows.iter().map(|r| short_name(r.0)).collect();
-    let series: Vec<(String, Vec<Option<f64>>)> = formats
-        .iter()
-        .map(|f| {
-            let values = rows.iter().map(|r| r.2.get(f).copied()).collect();
-            (f.to_string(), values)
+    let series: Vec<(String, Vec<Option<f64>>)> = formats_of(result)
+        .into_iter()
+        .map(|(f, est)| {
+            let values = rows.iter().map(|r| r.2.get(&f).copied()).collect();
+            (label(f, est), values)
         })
         .collect();
     BarChart {

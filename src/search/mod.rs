@@ -282,23 +282,22 @@ pub fn run(
         );
         let scores = score(&population);
         let (rank, crowd) = nsga2::rank_and_crowding(&scores);
-        let over_size = |p: &Point| {
-            settings
-                .constraints
-                .max_bpw
-                .is_some_and(|b| p.fitness.bits_per_weight > b)
-                || settings
-                    .constraints
-                    .max_size
-                    .is_some_and(|s| p.fitness.bytes > s)
-        };
+        let over_size = |p: &Point| genome_over_size(space, &settings.constraints, &p.genome);
         let mut children = Vec::with_capacity(settings.population);
         while children.len() < settings.population {
             let a = &population[nsga2::tournament(&rank, &crowd, &mut rng)];
             let b = &population[nsga2::tournament(&rank, &crowd, &mut rng)];
             let child = crossover(&a.genome, &b.genome, space, &mut rng);
             let shrink = over_size(a).then_some(true);
-            let child = guide.mutate(&child, space, shrink, &mut rng);
+            let mut child = guide.mutate(&child, space, shrink, &mut rng);
+            // Repair: a child over the size limit gives bytes back where they cost least, so
+            // an up-move at a tight budget becomes a trade between two tensors.
+            for _ in 0..REPAIR_STEPS {
+                if !genome_over_size(space, &settings.constraints, &child) {
+                    break;
+                }
+                child = guide.step(&child, space, Some(true), &mut rng);
+            }
             children.push(("evolved".to_string(), child));
         }
         let children = evaluate(children)?;
@@ -361,6 +360,15 @@ pub fn run(
     })
 }
 
+/// Down-moves a child over the size limit may make to get back under it.
+const REPAIR_STEPS: usize = 8;
+
+/// Whether `g` exceeds the bits-per-weight or size limit.
+fn genome_over_size(space: &Space, c: &Constraints, g: &Genome) -> bool {
+    c.max_bpw.is_some_and(|b| space.bits_per_weight(g) > b)
+        || c.max_size.is_some_and(|s| space.bytes(g) > s)
+}
+
 /// Every uniform legal format (with the first calibrator and the first activation option it
 /// may run with), then, per activation option, Lagrangian allocations from the sensitivity at
 /// budgets spread between the smallest and the largest uniform size, plus the `max_bpw` limit.
@@ -414,30 +422,21 @@ fn seed_genomes(space: &Space, guide: &Guide, settings: &Settings) -> Vec<(Strin
     seeds
 }
 
-/// Layer-wise uniform crossover: each layer's genes and activation bits from either parent.
+/// Layer-wise one-point crossover: layers before a random cut from `a`, the rest from `b`.
+/// The child shares `a`'s hidden states up to the cut, so the evaluator's prefix cache starts
+/// it there (uniform layer-wise crossover mixed early layers and left nothing to reuse).
 fn crossover(a: &Genome, b: &Genome, space: &Space, rng: &mut impl Rng) -> Genome {
-    let from_a: Vec<bool> = (0..space.layers).map(|_| rng.random_bool(0.5)).collect();
+    let cut = rng.random_range(0..=space.layers);
+    let pick = |layer: usize| if layer < cut { a } else { b };
     Genome {
         genes: space
             .slots
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                if from_a[s.layer] {
-                    a.genes[i]
-                } else {
-                    b.genes[i]
-                }
-            })
+            .map(|(i, s)| pick(s.layer).genes[i])
             .collect(),
         activation_bits: (0..space.layers)
-            .map(|l| {
-                if from_a[l] {
-                    a.activation_bits[l]
-                } else {
-                    b.activation_bits[l]
-                }
-            })
+            .map(|l| pick(l).activation_bits[l])
             .collect(),
     }
 }
@@ -555,11 +554,8 @@ impl Guide {
         Some(alloc(hi))
     }
 
-    /// A child of `g` with one tensor moved one format step. `shrink`: `Some(true)` moves down
-    /// (fewer bytes), else up or down at random. The tensor is drawn with probability
-    /// proportional to the sensitivity trade of the move (loss change per byte), or uniformly
-    /// without sensitivity; now and then the calibrator or a layer's activation bits change
-    /// instead.
+    /// A child of `g`: mostly a [`Self::step`] (`shrink` as there); now and then the
+    /// calibrator of a tensor or a layer's activation bits change instead.
     fn mutate(
         &self,
         g: &Genome,
@@ -596,6 +592,14 @@ impl Guide {
             }
             return child;
         }
+        self.step(&child, space, shrink, rng)
+    }
+
+    /// A child of `g` with one tensor moved one format step (down with `Some(true)`, else up
+    /// or down at random), drawn with probability proportional to the sensitivity trade of the
+    /// move (loss change per byte), or uniformly without sensitivity.
+    fn step(&self, g: &Genome, space: &Space, shrink: Option<bool>, rng: &mut impl Rng) -> Genome {
+        let mut child = g.clone();
         let down = shrink.unwrap_or_else(|| rng.random_bool(0.5));
         // (slot, new format, weight of the move)
         let moves: Vec<(usize, crate::quant::Format, f64)> = space

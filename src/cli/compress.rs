@@ -7,7 +7,8 @@ use crate::checkpoint::Checkpoint;
 use crate::cli::{load_tokens, stdout_error};
 use crate::error::{Error, Result};
 use crate::eval::baseline::{batch, Baseline};
-use crate::eval::{compare, Comparison, Variant};
+use crate::eval::{compare_all, Comparison, Variant};
+use crate::export::gguf;
 use crate::export::packed::{self, Choice, Packed, Provenance, Written};
 use crate::hardware::{self, Cache, CostEstimate, CostModel, Rates, Target};
 use crate::model::Model;
@@ -51,9 +52,12 @@ const MENU: &[&[&str]] = &[
     &["q2_k"],
 ];
 
-/// Formats the per-tensor sensitivity measures at most (spread over the sizes); the search
-/// interpolates the others.
-const SENSITIVITY_FORMATS: usize = 4;
+/// Bits per weight near which the per-tensor sensitivity measures a format (besides the
+/// smallest); the losses of the other formats are estimated from their proxies.
+const SENSITIVITY_ANCHOR_BPW: f64 = 4.5;
+
+/// Genomes evaluated on the held-out tokens per run of the float reference.
+const HELD_OUT_GROUP: usize = 4;
 
 /// Arguments of `qpipe compress`.
 #[derive(Debug, clap::Args)]
@@ -175,6 +179,8 @@ pub struct Report {
     pub cache_hits: u64,
     /// The packed file.
     pub written: Written,
+    /// The GGUF file (`--target llama-cpp`).
+    pub gguf: Option<gguf::Written>,
     /// Where it all came from.
     pub provenance: Provenance,
 }
@@ -237,8 +243,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         .take((args.sensitivity_tokens / args.seq_len).max(1))
         .collect();
     let [rows, cols] = space.slots[0].shape;
+    let (measured, estimated) = sensitivity_split(&formats, rows, cols);
     let options = Options {
-        formats: sensitivity_formats(&formats, rows, cols),
+        formats: measured,
+        estimated,
         calibrator: args.calibrators[0],
         top_k: args.top_k,
         prefix_reuse: true,
@@ -263,7 +271,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
             write_atomic(&sens_path, format!("{json}\n").as_bytes())?;
             write_atomic(
                 &args.out.join("sensitivity.svg"),
-                crate::cli::sensitivity::chart(&s, &options.formats).as_bytes(),
+                crate::cli::sensitivity::chart(&s).as_bytes(),
             )?;
             s
         }
@@ -287,7 +295,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         seed: args.seed,
         constraints: constraints.clone(),
     };
-    let evaluator = Evaluator::new(&model, &space, &baseline, &stats, 1 << 30)?;
+    // Room for every tensor's fake-quantized weight in every format (re-quantizing an evicted
+    // weight with the mse calibrator costs more than a forward pass), within 3 GiB.
+    let cache = (space.parameters() as usize * 4 * formats.len()).clamp(1 << 28, 3 << 30);
+    let evaluator = Evaluator::new(&model, &space, &baseline, &stats, cache)?;
     stage("search");
     let bar = bar(
         args.generations as u64 + 1,
@@ -358,23 +369,54 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let packed_path = args.out.join("model.qpipe.safetensors");
     let written = packed::write(&packed_path, &checkpoint, &model, &choices, &provenance)?;
     copy_side_files(&checkpoint, &args.out)?;
+    let gguf = if target.name == "llama-cpp" {
+        Some(write_gguf(
+            &checkpoint,
+            &choices,
+            &args.out.join("model.gguf"),
+        )?)
+    } else {
+        None
+    };
 
     stage("held-out evaluation");
-    let mut held_out = Vec::new();
-    let mut points: Vec<&Point> = outcome.seeds.iter().collect();
-    points.push(&selected);
-    for p in points {
-        let overrides = evaluator.overrides(&p.genome)?;
-        let result = compare(
-            Variant::from(&model),
-            Variant {
+    // Every seed and the selected genome (fake-quantized), and the packed file reloaded, a few
+    // at a time against one run of the float reference (the overrides of a group are alive
+    // together; their weights mostly come from the evaluator's cache).
+    let points: Vec<&Point> = outcome.seeds.iter().chain([&selected]).collect();
+    let packed_model = Model::load_packed(&Packed::open(&packed_path)?)?;
+    let mut results = Vec::with_capacity(points.len() + 1);
+    for (k, group) in points.chunks(HELD_OUT_GROUP).enumerate() {
+        let overrides = group
+            .iter()
+            .map(|p| evaluator.overrides(&p.genome))
+            .collect::<Result<Vec<_>>>()?;
+        let mut variants: Vec<Variant<'_>> = overrides
+            .iter()
+            .map(|o| Variant {
                 model: &model,
-                overrides: Some(&overrides),
-            },
+                overrides: Some(o),
+            })
+            .collect();
+        let last = (k + 1) * HELD_OUT_GROUP >= points.len();
+        if last {
+            variants.push(Variant::from(&packed_model));
+        }
+        results.extend(compare_all(
+            Variant::from(&model),
+            &variants,
             &eval_sequences,
-        )?;
-        held_out.push(HeldOut {
-            origin: if std::ptr::eq(p, &selected) {
+        )?);
+    }
+    let packed = results
+        .pop()
+        .ok_or_else(|| Error::invalid(&packed_path, "no held-out result"))?;
+    let held_out: Vec<HeldOut> = points
+        .iter()
+        .zip(results)
+        .enumerate()
+        .map(|(k, (p, result))| HeldOut {
+            origin: if k + 1 == points.len() {
                 format!("selected ({})", p.origin)
             } else {
                 p.origin.clone()
@@ -383,14 +425,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
             bytes: p.fitness.bytes,
             calibration_loss: p.fitness.loss,
             held_out: result,
-        });
-    }
-    let packed_model = Model::load_packed(&Packed::open(&packed_path)?)?;
-    let packed = compare(
-        Variant::from(&model),
-        Variant::from(&packed_model),
-        &eval_sequences,
-    )?;
+        })
+        .collect();
     let estimate = estimate(rates.as_ref(), &space, &selected, args.seq_len);
     let report = Report {
         target: target.name.clone(),
@@ -409,6 +445,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         requests: outcome.requests,
         cache_hits: outcome.cache_hits,
         written,
+        gguf,
         provenance,
     };
     let json = serde_json::to_string_pretty(&report)
@@ -468,24 +505,28 @@ fn candidate_formats(
     Ok(chosen)
 }
 
-/// At most [`SENSITIVITY_FORMATS`] of `formats`, spread from the smallest to the largest
-/// (by bits per weight of a `rows x cols` weight, the shape of the model's first matmul).
-fn sensitivity_formats(formats: &[Format], rows: usize, cols: usize) -> Vec<Format> {
+/// The formats the sensitivity measures (the smallest, and the one nearest
+/// [`SENSITIVITY_ANCHOR_BPW`]) and those it estimates, by bits per weight of a `rows x cols`
+/// weight (the shape of the model's first matmul).
+fn sensitivity_split(formats: &[Format], rows: usize, cols: usize) -> (Vec<Format>, Vec<Format>) {
     let mut sorted: Vec<Format> = formats
         .iter()
         .copied()
         .filter(|f| f.check(rows, cols).is_ok())
         .collect();
     sorted.sort_by_key(|f| (f.storage_bytes(rows, cols), *f));
-    if sorted.len() <= SENSITIVITY_FORMATS {
-        return sorted;
-    }
-    let last = sorted.len() - 1;
-    let mut picked: Vec<Format> = (0..SENSITIVITY_FORMATS)
-        .map(|k| sorted[(k * last + (SENSITIVITY_FORMATS - 1) / 2) / (SENSITIVITY_FORMATS - 1)])
+    let anchor = sorted.iter().copied().min_by(|a, b| {
+        let d = |f: &Format| (f.bits_per_weight(rows, cols) - SENSITIVITY_ANCHOR_BPW).abs();
+        d(a).total_cmp(&d(b))
+    });
+    let mut measured: Vec<Format> = sorted.first().copied().into_iter().chain(anchor).collect();
+    measured.dedup();
+    let estimated = formats
+        .iter()
+        .copied()
+        .filter(|f| !measured.contains(f))
         .collect();
-    picked.dedup();
-    picked
+    (measured, estimated)
 }
 
 /// The constraints asked for; `--max-bpw 4.5` when no size, latency or energy limit is given.
@@ -575,13 +616,46 @@ fn reuse_sensitivity(
         f.dedup();
         f
     };
-    let mut want = options.formats.clone();
+    let mut want: Vec<Format> = options
+        .formats
+        .iter()
+        .chain(&options.estimated)
+        .copied()
+        .collect();
     want.sort();
     (s.sequences == sequences.len()
         && s.seq_len == args.seq_len
         && s.calibrator == options.calibrator
         && formats == want)
         .then_some(s)
+}
+
+/// `model.gguf` for llama.cpp with the chosen block types (float tensors stay F32).
+fn write_gguf(
+    checkpoint: &Checkpoint,
+    choices: &BTreeMap<String, Choice<'_>>,
+    path: &Path,
+) -> Result<gguf::Written> {
+    let mut types = std::collections::HashMap::new();
+    let mut importance = std::collections::HashMap::new();
+    for (name, c) in choices {
+        match c.format {
+            Format::Gguf(t) => {
+                types.insert(name.clone(), t);
+            }
+            Format::Float(crate::quant::FloatType::F32) => {}
+            other => {
+                return Err(Error::unsupported(
+                    Path::new(name),
+                    format!("GGUF export stores GGUF block types and f32, not {other}"),
+                ))
+            }
+        }
+        if let Some(imp) = c.importance {
+            importance.insert(name.clone(), imp.to_vec());
+        }
+    }
+    gguf::write(checkpoint, &types, &importance, path)
 }
 
 /// config.json and tokenizer.json beside the packed file, so it loads on its own.
@@ -717,6 +791,13 @@ fn summary(r: &Report, space: &Space) -> String {
         r.metric,
         metric_of(&r.packed)
     );
+    if let Some(g) = &r.gguf {
+        s += &format!(
+            "model.gguf for llama.cpp: {} ({} tensors)\n",
+            human_bytes(g.bytes),
+            g.tensors
+        );
+    }
     s += &format!(
         "estimated on {}: {:.3} ms, {:.3} mJ per {} (cost model, not measured)\n",
         r.target,

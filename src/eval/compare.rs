@@ -60,77 +60,125 @@ pub fn compare(
     candidate: Variant<'_>,
     sequences: &[&[u32]],
 ) -> Result<Comparison> {
+    let mut all = compare_all(reference, &[candidate], sequences)?;
+    Ok(all.remove(0))
+}
+
+/// Compares each of `candidates` with `reference` on `sequences`, running the reference once.
+pub fn compare_all(
+    reference: Variant<'_>,
+    candidates: &[Variant<'_>],
+    sequences: &[&[u32]],
+) -> Result<Vec<Comparison>> {
     let context = "held-out evaluation";
     let compute = Error::compute;
+    let invalid = |m: String| Error::invalid(std::path::Path::new("<evaluation>"), m);
     if sequences.is_empty() {
         return Err(Error::invalid(
             std::path::Path::new("<evaluation data>"),
             "no evaluation sequences",
         ));
     }
-    match (reference.model, candidate.model) {
-        (Model::Llama(r), Model::Llama(c)) => {
-            let mut per: Vec<Position> = Vec::new();
+    let same_kind = |c: &Variant<'_>| {
+        matches!(
+            (reference.model, c.model),
+            (Model::Llama(_), Model::Llama(_)) | (Model::Bert(_), Model::Bert(_))
+        ) && layers(c.model) == layers(reference.model)
+    };
+    if let Some(c) = candidates.iter().find(|c| !same_kind(c)) {
+        return Err(invalid(format!(
+            "the candidate ({} layers) is not the same kind of model as the reference ({} layers)",
+            layers(c.model),
+            layers(reference.model)
+        )));
+    }
+    match reference.model {
+        Model::Llama(_) => {
+            let r = llama(&reference).ok_or_else(|| invalid("not a causal LM".into()))?;
+            let cs: Vec<_> = candidates.iter().filter_map(|v| llama(v)).collect();
+            let mut per: Vec<Vec<Position>> = vec![Vec::new(); cs.len()];
             for seq in sequences {
                 let ids = Tensor::from_slice(seq, (1, seq.len()), &Device::Cpu)
                     .map_err(compute(context))?;
-                let last = |m: &crate::model::llama::Llama, ov| {
+                let last = |(m, ov): (&crate::model::llama::Llama, Option<&dyn Overrides>)| {
                     m.run_layers(m.embed(&ids)?, 0..m.num_layers(), ov)
                 };
-                let (hr, hc) = (
-                    last(r, reference.overrides).map_err(compute(context))?,
-                    last(c, candidate.overrides).map_err(compute(context))?,
-                );
+                let hr = last(r).map_err(compute(context))?;
+                let hc = cs
+                    .iter()
+                    .map(|c| last(*c))
+                    .collect::<candle_core::Result<Vec<_>>>()
+                    .map_err(compute(context))?;
                 // Every position but the last has a next token to predict.
                 let n = seq.len() - 1;
                 for start in (0..n).step_by(CHUNK) {
                     let len = CHUNK.min(n - start);
-                    let logits = |m: &crate::model::llama::Llama, h: &Tensor, ov| {
-                        m.logits(&h.narrow(1, start, len)?, ov)?
-                            .flatten_all()?
-                            .to_vec1::<f32>()
-                    };
-                    let lr = logits(r, &hr, reference.overrides).map_err(compute(context))?;
-                    let lc = logits(c, &hc, candidate.overrides).map_err(compute(context))?;
+                    let logits =
+                        |(m, ov): (&crate::model::llama::Llama, Option<&dyn Overrides>),
+                         h: &Tensor| {
+                            m.logits(&h.narrow(1, start, len)?, ov)?
+                                .flatten_all()?
+                                .to_vec1::<f32>()
+                        };
+                    let lr = logits(r, &hr).map_err(compute(context))?;
                     let targets = &seq[start + 1..start + 1 + len];
                     let vocab = lr.len() / len;
-                    per.extend(
-                        metrics::positions(&lr, &lc, vocab, targets).map_err(|m| {
-                            Error::invalid(std::path::Path::new("<evaluation>"), m)
-                        })?,
-                    );
+                    for ((c, h), p) in cs.iter().zip(&hc).zip(per.iter_mut()) {
+                        let lc = logits(*c, h).map_err(compute(context))?;
+                        p.extend(metrics::positions(&lr, &lc, vocab, targets).map_err(invalid)?);
+                    }
                 }
             }
-            metrics::summarise(&per)
-                .map(Comparison::Lm)
-                .map_err(|m| Error::invalid(std::path::Path::new("<evaluation>"), m))
+            per.iter()
+                .map(|p| metrics::summarise(p).map(Comparison::Lm).map_err(invalid))
+                .collect()
         }
-        (Model::Bert(r), Model::Bert(c)) => {
-            let (mut er, mut ec) = (Vec::new(), Vec::new());
+        Model::Bert(_) => {
+            let r = bert(&reference).ok_or_else(|| invalid("not an encoder".into()))?;
+            let cs: Vec<_> = candidates.iter().filter_map(|v| bert(v)).collect();
+            let mut er = Vec::new();
+            let mut ec = vec![Vec::new(); cs.len()];
             for seq in sequences {
                 let ids = Tensor::from_slice(seq, (1, seq.len()), &Device::Cpu)
                     .map_err(compute(context))?;
-                let embed = |m: &crate::model::bert::Bert, ov| -> candle_core::Result<Vec<f32>> {
+                let embed = |(m, ov): (&crate::model::bert::Bert, Option<&dyn Overrides>)|
+                 -> candle_core::Result<Vec<f32>> {
                     let mask = ids.ones_like()?;
                     let x = m.embed_tokens(&ids, &mask)?;
                     let h = m.run_layers(x, &additive_mask(&mask)?, 0..m.num_layers(), ov)?;
                     mean_pool_normalize(&h, &mask)?.flatten_all()?.to_vec1()
                 };
-                er.extend(embed(r, reference.overrides).map_err(compute(context))?);
-                ec.extend(embed(c, candidate.overrides).map_err(compute(context))?);
+                er.extend(embed(r).map_err(compute(context))?);
+                for (c, e) in cs.iter().zip(ec.iter_mut()) {
+                    e.extend(embed(*c).map_err(compute(context))?);
+                }
             }
             let dim = er.len() / sequences.len();
-            metrics::compare_embeddings(&er, &ec, dim)
-                .map(Comparison::Embedding)
-                .map_err(|m| Error::invalid(std::path::Path::new("<evaluation>"), m))
+            ec.iter()
+                .map(|e| {
+                    metrics::compare_embeddings(&er, e, dim)
+                        .map(Comparison::Embedding)
+                        .map_err(invalid)
+                })
+                .collect()
         }
-        _ => Err(Error::invalid(
-            std::path::Path::new("<evaluation>"),
-            format!(
-                "the candidate ({} layers) is not the same kind of model as the reference ({} layers)",
-                layers(candidate.model),
-                layers(reference.model)
-            ),
-        )),
+    }
+}
+
+/// A causal LM variant as its model and overrides.
+fn llama<'a>(
+    v: &Variant<'a>,
+) -> Option<(&'a crate::model::llama::Llama, Option<&'a dyn Overrides>)> {
+    match v.model {
+        Model::Llama(m) => Some((&**m, v.overrides)),
+        Model::Bert(_) => None,
+    }
+}
+
+/// An encoder variant as its model and overrides.
+fn bert<'a>(v: &Variant<'a>) -> Option<(&'a crate::model::bert::Bert, Option<&'a dyn Overrides>)> {
+    match v.model {
+        Model::Bert(m) => Some((m, v.overrides)),
+        Model::Llama(_) => None,
     }
 }

@@ -4,7 +4,7 @@ pub mod baseline;
 pub mod compare;
 pub mod metrics;
 
-pub use compare::{compare, Comparison, Variant};
+pub use compare::{compare, compare_all, Comparison, Variant};
 pub use metrics::{
     compare_embeddings, compare_logits, perplexity, EmbeddingComparison, LmComparison,
 };

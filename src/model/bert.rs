@@ -226,12 +226,7 @@ impl Bert {
                 .collect::<Result<Vec<_>>>()?;
             layers.push(Layer {
                 linears,
-                attn_norm: LayerNorm::load(
-                    w,
-                    &format!("{lp}.attention.output.LayerNorm"),
-                    h,
-                    eps,
-                )?,
+                attn_norm: LayerNorm::load(w, &format!("{lp}.attention.output.LayerNorm"), h, eps)?,
                 out_norm: LayerNorm::load(w, &format!("{lp}.output.LayerNorm"), h, eps)?,
             });
         }

@@ -8,6 +8,13 @@ fn main() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("qpipe: internal error (please report): {info}");
     }));
+    // Ctrl-C or SIGTERM: remove the temp file of a write in progress, so an interrupted run
+    // leaves finished files only (a search state saved each generation resumes with --resume).
+    let _ = ctrlc::set_handler(|| {
+        qpipe::checkpoint::write::remove_temp_files();
+        eprintln!("qpipe: interrupted; no partial output left");
+        std::process::exit(130);
+    });
     let cli = qpipe::cli::Cli::parse();
     let mut stdout = std::io::stdout().lock();
     let code = match qpipe::cli::run(cli, &mut stdout) {

@@ -11,18 +11,14 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
-/// A small compress run of models/tiny into `out` (a few seconds).
-fn compress(out: &Path, extra: &[&str]) -> (i32, String, String) {
+/// Arguments of a small compress run of models/tiny on `target` into `out`, then `extra`.
+fn small(target: &str, out: &Path, extra: &[&str]) -> Vec<String> {
     let tiny = root().join("models/tiny");
-    let mut args = vec![
+    let mut args: Vec<String> = [
         "compress",
         tiny.to_str().unwrap(),
         "--target",
-        "hexagon",
-        "--population",
-        "6",
-        "--generations",
-        "2",
+        target,
         "--tokens",
         "512",
         "--eval-tokens",
@@ -35,9 +31,20 @@ fn compress(out: &Path, extra: &[&str]) -> (i32, String, String) {
         "64",
         "--out",
         out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    qpipe(&args)
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// A small compress run of models/tiny for hexagon into `out` (a few seconds).
+fn compress(out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut extra = extra.to_vec();
+    extra.extend(["--population", "6", "--generations", "2"]);
+    let args = small("hexagon", out, &extra);
+    qpipe(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn json(path: &Path) -> serde_json::Value {
@@ -179,8 +186,10 @@ fn bad_inputs_exit_2_with_one_line_and_leave_no_output() {
     assert!(!out.join("model.qpipe.safetensors").exists());
 
     // An unknown target, and an output directory that cannot be created.
-    let (code, _, stderr) = compress(&dir.path().join("x"), &["--target", "nope"]);
-    assert_eq!(code, 2, "{stderr}");
+    let args = small("nope", &dir.path().join("x"), &[]);
+    let (code, _, stderr) = qpipe(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 2);
+    one_line(&stderr, "nope");
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"").unwrap();
     let (code, _, stderr) = compress(&file.join("out"), &[]);
@@ -268,4 +277,108 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         out.push(p);
     }
     out
+}
+
+#[test]
+fn an_interrupted_compress_leaves_only_finished_files_and_resumes_to_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = |out: &Path, resume: bool| {
+        let mut extra = vec!["--population", "6", "--generations", "6"];
+        if resume {
+            extra.push("--resume");
+        }
+        small("arm-neon", out, &extra)
+    };
+    let whole = dir.path().join("whole");
+    let (code, _, stderr) = qpipe(
+        &args(&whole, false)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+
+    let cut = dir.path().join("cut");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qpipe"))
+        .args(args(&cut, false))
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = cut.join("search-state.json");
+    let start = std::time::Instant::now();
+    while !state.exists() && start.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(state.exists(), "the search never saved its state");
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    // Interrupted mid-search (130) or, on a fast machine, already done (0).
+    assert!(matches!(status.code(), Some(130) | Some(0)), "{status:?}");
+    for entry in walk(&cut) {
+        assert!(
+            !entry.to_string_lossy().contains(".tmp-"),
+            "temp file left: {}",
+            entry.display()
+        );
+    }
+    if status.code() == Some(130) {
+        assert!(!cut.join("model.qpipe.safetensors").exists());
+    }
+    let (code, _, stderr) = qpipe(
+        &args(&cut, true)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let genome = |d: &Path| json(&d.join("qpipe.json"))["genome"].clone();
+    assert_eq!(
+        genome(&cut),
+        genome(&whole),
+        "the resumed run chose differently"
+    );
+    // The packed files differ only in the command line of their provenance.
+    let packed = |d: &Path| json(&d.join("qpipe.json"))["packed"].clone();
+    assert_eq!(packed(&cut), packed(&whole));
+}
+
+#[test]
+fn a_full_disk_fails_the_write_with_one_line_and_leaves_no_temp_file() {
+    // RLIMIT_FSIZE with SIGXFSZ ignored makes writes past the limit fail with EFBIG, as a full disk
+    // fails them with ENOSPC: the small files fit, the 3.7 MB packed checkpoint does not (the
+    // limit is 1.5 MB or 3 MB as sh counts 512- or 1024-byte blocks).
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 3000 && trap '' XFSZ && exec \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_qpipe"))
+        .args(small(
+            "hexagon",
+            &out,
+            &["--population", "4", "--generations", "1"],
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let last = stderr.trim().lines().last().unwrap();
+    assert!(
+        last.contains("model.qpipe.safetensors") && last.contains("too large"),
+        "{stderr}"
+    );
+    assert!(!out.join("model.qpipe.safetensors").exists());
+    for entry in walk(&out) {
+        assert!(
+            !entry.to_string_lossy().contains(".tmp-"),
+            "temp file left: {}",
+            entry.display()
+        );
+    }
 }

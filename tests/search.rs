@@ -83,7 +83,8 @@ fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
             .build()
             .unwrap()
             .install(|| {
-                let evaluator = Evaluator::new(&model, &space, &baseline, &stats, 1 << 28).unwrap();
+                let evaluator =
+                    Evaluator::new(&model, &space, &baseline, &stats, 1 << 28, 1 << 28).unwrap();
                 search::run(&evaluator, &Bytes, Some(&sens), settings, state, &|_| {})
             })
     };

@@ -69,14 +69,44 @@ impl<'a> LazyTensor<'a> {
     }
 }
 
-/// Removes the temp file unless the write completed.
-struct TempGuard(Option<PathBuf>);
+/// Temp files being written now, so an interrupted process can remove them
+/// ([`remove_temp_files`]) and leave no half-written file behind.
+static IN_FLIGHT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes every temp file a write in progress holds; for the binary's Ctrl-C / SIGTERM
+/// handler, which exits right after.
+pub fn remove_temp_files() {
+    let mut in_flight = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+    for p in in_flight.drain(..) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Registers a temp file while it is written; removes it unless the write completed.
+struct TempGuard {
+    path: PathBuf,
+    done: bool,
+}
+
+impl TempGuard {
+    fn new(path: PathBuf) -> Self {
+        IN_FLIGHT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.clone());
+        TempGuard { path, done: false }
+    }
+}
 
 impl Drop for TempGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
+        if !self.done {
+            let _ = std::fs::remove_file(&self.path);
         }
+        IN_FLIGHT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p != self.path);
     }
 }
 
@@ -96,7 +126,7 @@ pub(crate) fn atomically(
     write: impl FnOnce(&mut dyn Write, &Path) -> Result<()>,
 ) -> Result<()> {
     let tmp = temp_path(path);
-    let mut guard = TempGuard(Some(tmp.clone()));
+    let mut guard = TempGuard::new(tmp.clone());
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -108,7 +138,7 @@ pub(crate) fn atomically(
     drop(out);
     file.sync_all().map_err(Error::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(Error::io(path))?;
-    guard.0 = None;
+    guard.done = true;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use crate::calib;
 use crate::checkpoint::write::write_atomic;
 use crate::checkpoint::Checkpoint;
-use crate::cli::{load_tokens, stdout_error};
+use crate::cli::{default_seq_len, load_tokens, stdout_error};
 use crate::error::{Error, Result};
 use crate::eval::baseline::{batch, Baseline};
 use crate::eval::{compare_all, Comparison, Variant};
@@ -55,6 +55,9 @@ const MENU: &[&[&str]] = &[
 /// Bits per weight near which the per-tensor sensitivity measures a format (besides the
 /// smallest); the losses of the other formats are estimated from their proxies.
 const SENSITIVITY_ANCHOR_BPW: f64 = 4.5;
+
+/// Bytes of hidden states kept for children to start from: a few generations of parents.
+const PREFIX_CACHE: usize = 1 << 30;
 
 /// Genomes evaluated on the held-out tokens per run of the float reference.
 const HELD_OUT_GROUP: usize = 4;
@@ -109,9 +112,10 @@ pub struct Args {
     /// Held-out tokens the result is evaluated on.
     #[arg(long, default_value_t = 1024)]
     pub eval_tokens: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
+    /// Tokens per sequence (default: 256 for causal LMs, 64 for encoders, whose loss is
+    /// averaged over one embedding per sequence).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
     /// Calibration tokens of the per-tensor sensitivity pass that guides the search.
     #[arg(long, default_value_t = 256)]
     pub sensitivity_tokens: usize,
@@ -192,10 +196,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let checkpoint = Checkpoint::open(&args.model)?;
     let model = Model::load(&checkpoint)?;
     let tokenizer = crate::data::tokenizer(&checkpoint)?;
-    let cal_ids = load_tokens(&tokenizer, &args.data, args.tokens, args.seq_len)?;
-    let eval_ids = load_tokens(&tokenizer, &args.eval_data, args.eval_tokens, args.seq_len)?;
-    let sequences = crate::data::sequences(&cal_ids, args.seq_len, args.tokens);
-    let eval_sequences = crate::data::sequences(&eval_ids, args.seq_len, args.eval_tokens);
+    let seq_len = args.seq_len.unwrap_or_else(|| default_seq_len(&model));
+    let cal_ids = load_tokens(&tokenizer, &args.data, args.tokens, seq_len)?;
+    let eval_ids = load_tokens(&tokenizer, &args.eval_data, args.eval_tokens, seq_len)?;
+    let sequences = crate::data::sequences(&cal_ids, seq_len, args.tokens);
+    let eval_sequences = crate::data::sequences(&eval_ids, seq_len, args.eval_tokens);
     std::fs::create_dir_all(&args.out).map_err(Error::io(&args.out))?;
     let constraints = constraints(args);
 
@@ -240,7 +245,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let sens_sequences: Vec<&[u32]> = sequences
         .iter()
         .copied()
-        .take((args.sensitivity_tokens / args.seq_len).max(1))
+        .take((args.sensitivity_tokens / seq_len).max(1))
         .collect();
     let [rows, cols] = space.slots[0].shape;
     let (measured, estimated) = sensitivity_split(&formats, rows, cols);
@@ -252,7 +257,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         prefix_reuse: true,
         tensors: vec![],
     };
-    let sensitivity = match reuse_sensitivity(args, &sens_path, &options, &sens_sequences) {
+    let sensitivity = match reuse_sensitivity(args.resume, &sens_path, &options, &sens_sequences) {
         Some(s) => {
             stage("sensitivity: reusing sensitivity.json");
             s
@@ -283,7 +288,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let rates = rates(&target, &formats)?;
     let tokens = match model {
         Model::Llama(_) => 1,
-        Model::Bert(_) => args.seq_len,
+        Model::Bert(_) => seq_len,
     };
     let costs = TargetCosts {
         rates: rates.as_ref(),
@@ -298,7 +303,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     // Room for every tensor's fake-quantized weight in every format (re-quantizing an evicted
     // weight with the mse calibrator costs more than a forward pass), within 3 GiB.
     let cache = (space.parameters() as usize * 4 * formats.len()).clamp(1 << 28, 3 << 30);
-    let evaluator = Evaluator::new(&model, &space, &baseline, &stats, cache)?;
+    let evaluator = Evaluator::new(&model, &space, &baseline, &stats, cache, PREFIX_CACHE)?;
     stage("search");
     let bar = bar(
         args.generations as u64 + 1,
@@ -427,7 +432,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
             held_out: result,
         })
         .collect();
-    let estimate = estimate(rates.as_ref(), &space, &selected, args.seq_len);
+    let estimate = estimate(rates.as_ref(), &space, &selected, seq_len);
     let report = Report {
         target: target.name.clone(),
         device: target.device.clone(),
@@ -601,12 +606,12 @@ fn estimate(
 /// The saved sensitivity of an earlier run into the same directory, when resuming with the
 /// same formats, calibrator and tokens.
 fn reuse_sensitivity(
-    args: &Args,
+    resume: bool,
     path: &Path,
     options: &Options,
     sequences: &[&[u32]],
 ) -> Option<Sensitivity> {
-    if !args.resume {
+    if !resume {
         return None;
     }
     let s: Sensitivity = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
@@ -624,7 +629,7 @@ fn reuse_sensitivity(
         .collect();
     want.sort();
     (s.sequences == sequences.len()
-        && s.seq_len == args.seq_len
+        && s.seq_len == sequences.first().map_or(0, |q| q.len())
         && s.calibrator == options.calibrator
         && formats == want)
         .then_some(s)

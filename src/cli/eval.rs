@@ -3,7 +3,7 @@
 //! the whole model to f32 first.
 
 use crate::checkpoint::Checkpoint;
-use crate::cli::{load_tokens, stdout_error};
+use crate::cli::{default_seq_len, load_tokens, stdout_error};
 use crate::error::{Error, Result};
 use crate::eval::{compare, Comparison, Variant};
 use crate::export::packed::{sha256_files, Packed};
@@ -21,9 +21,9 @@ pub struct Data {
     /// Evaluation tokens (whole sequences of --seq-len).
     #[arg(long, default_value_t = 1024)]
     pub tokens: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
+    /// Tokens per sequence (default as in compress: 256 for causal LMs, 64 for encoders).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
 }
 
 /// Arguments of `qpipe eval`.
@@ -63,9 +63,12 @@ pub fn evaluate(
         ));
     }
     let tokenizer = crate::data::tokenizer(&reference_ckpt)?;
-    let ids = load_tokens(&tokenizer, &d.data, d.tokens, d.seq_len)?;
-    let sequences = crate::data::sequences(&ids, d.seq_len, d.tokens);
     let reference_model = Model::load(&reference_ckpt)?;
+    let seq_len = d
+        .seq_len
+        .unwrap_or_else(|| default_seq_len(&reference_model));
+    let ids = load_tokens(&tokenizer, &d.data, d.tokens, seq_len)?;
+    let sequences = crate::data::sequences(&ids, seq_len, d.tokens);
     let packed_model = Model::load_packed(&packed_ckpt)?;
     compare(
         Variant::from(&reference_model),

@@ -57,6 +57,15 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<i32> {
     }
 }
 
+/// Tokens per evaluation sequence when none is given: 256 for causal LMs (every position is
+/// scored), 64 for encoders (one embedding per sequence, so shorter sequences give more of them).
+pub(crate) fn default_seq_len(model: &crate::model::Model) -> usize {
+    match model {
+        crate::model::Model::Llama(_) => 256,
+        crate::model::Model::Bert(_) => 64,
+    }
+}
+
 /// The tokens of text file `path`, cut to whole sequences of `seq_len` within `tokens`; an
 /// error when not even one sequence fits, a note on stderr when fewer than `tokens` do.
 pub(crate) fn load_tokens(

@@ -115,14 +115,15 @@ impl Overrides for GenomeOverrides<'_> {
 
 impl<'a> Evaluator<'a> {
     /// An evaluator for genomes of `space` on `model`, against `baseline`, with importance and
-    /// activation histograms from `stats`; caches up to `cache_bytes` of fake-quantized weights
-    /// and as much again of hidden states.
+    /// activation histograms from `stats`; caches up to `weight_cache` bytes of fake-quantized
+    /// weights and `prefix_cache` bytes of hidden states.
     pub fn new(
         model: &'a Model,
         space: &'a Space,
         baseline: &'a Baseline,
         stats: &Stats,
-        cache_bytes: usize,
+        weight_cache: usize,
+        prefix_cache: usize,
     ) -> Result<Evaluator<'a>> {
         let missing = |name: &str| {
             Error::invalid(
@@ -153,9 +154,9 @@ impl<'a> Evaluator<'a> {
             layer_of: space.layer_of(),
             importance,
             activation,
-            weights: Mutex::new(TensorCache::new(cache_bytes)),
+            weights: Mutex::new(TensorCache::new(weight_cache)),
             losses: Mutex::new(HashMap::new()),
-            prefixes: Mutex::new(TensorCache::new(cache_bytes)),
+            prefixes: Mutex::new(TensorCache::new(prefix_cache)),
             requests: AtomicU64::new(0),
             hits: AtomicU64::new(0),
         })

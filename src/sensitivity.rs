@@ -308,6 +308,7 @@ fn measure(
     let swap = Swap {
         name,
         weight: &weight,
+        format: c.format,
     };
     let start = if options.prefix_reuse { c.layer } else { 0 };
     let loss = baseline

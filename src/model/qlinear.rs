@@ -5,8 +5,8 @@
 //! can watch what flows into it, without the model code knowing about either.
 
 use crate::error::{Error, Result};
-use crate::quant::{ActivationQuant, Calibrator, Format, IntQuantized, QuantizedTensor};
-use candle_core::quantized::QMatMul;
+use crate::quant::gguf::{self, GgufMatrix};
+use crate::quant::{ActivationQuant, Calibrator, FloatType, Format, IntQuantized, QuantizedTensor};
 use candle_core::{Module, Tensor};
 use std::sync::{Arc, RwLock};
 
@@ -25,15 +25,18 @@ pub enum WeightSource {
 enum PackedWeight {
     /// qpipe integer codes, multiplied by qpipe-kernels' GEMM.
     Int(IntQuantized),
-    /// GGUF blocks, multiplied by candle's quantized matmul (llama.cpp's kernels).
-    Gguf(QMatMul),
+    /// GGUF blocks, multiplied by candle's CPU kernels (llama.cpp's algorithm).
+    Gguf(GgufMatrix),
 }
+
+/// A float weight's format.
+const F32: Format = Format::Float(FloatType::F32);
 
 /// What a layer multiplies by.
 #[derive(Clone)]
 enum Weight {
-    /// An f32 matrix.
-    Dense(Tensor),
+    /// An f32 matrix holding `format`'s values (which decides how the runtime treats inputs).
+    Dense(Tensor, Format),
     /// A packed one.
     Packed(Arc<PackedWeight>),
 }
@@ -47,8 +50,9 @@ pub trait ActivationObserver: Send + Sync {
 /// Replacements for some layers' weights and input quantizers during one forward pass. The
 /// shared model stays untouched, so differently quantized variants can run in parallel.
 pub trait Overrides: Sync {
-    /// The weight (f32, the layer's shape) to multiply by instead of `linear`'s own, if any.
-    fn weight(&self, linear: &str) -> Option<&Tensor>;
+    /// The weight (f32, the layer's shape, holding the values of the format it comes with) to
+    /// multiply by instead of `linear`'s own, if any.
+    fn weight(&self, linear: &str) -> Option<(&Tensor, Format)>;
 
     /// The input quantizer to use instead of `linear`'s own (`Some(None)`: float input).
     fn input_quant(&self, _linear: &str) -> Option<Option<ActivationQuant>> {
@@ -62,11 +66,13 @@ pub struct Swap<'a> {
     pub name: &'a str,
     /// The weight to use instead (same shape, f32).
     pub weight: &'a Tensor,
+    /// The format whose values it holds.
+    pub format: Format,
 }
 
 impl Overrides for Swap<'_> {
-    fn weight(&self, linear: &str) -> Option<&Tensor> {
-        (linear == self.name).then_some(self.weight)
+    fn weight(&self, linear: &str) -> Option<(&Tensor, Format)> {
+        (linear == self.name).then_some((self.weight, self.format))
     }
 }
 
@@ -90,7 +96,7 @@ impl QLinear {
         QLinear {
             name: name.into(),
             shape: (d[0], d.get(1).copied().unwrap_or(1)),
-            active: RwLock::new((WeightSource::Float, Weight::Dense(weight.clone()))),
+            active: RwLock::new((WeightSource::Float, Weight::Dense(weight.clone(), F32))),
             float: Some(weight),
             bias,
             input_quant: RwLock::new(None),
@@ -114,7 +120,7 @@ impl QLinear {
         let weight = match weight {
             QuantizedTensor::Int(q) => Weight::Packed(Arc::new(PackedWeight::Int(q))),
             QuantizedTensor::Gguf(q) => Weight::Packed(Arc::new(PackedWeight::Gguf(
-                QMatMul::from_qtensor(q).map_err(Error::compute(context()))?,
+                GgufMatrix::new(&q).map_err(|m| Error::invalid(std::path::Path::new(&name), m))?,
             ))),
             q @ QuantizedTensor::Float(..) => {
                 let values = q
@@ -123,6 +129,7 @@ impl QLinear {
                 Weight::Dense(
                     Tensor::from_vec(values, shape, &candle_core::Device::Cpu)
                         .map_err(Error::compute(context()))?,
+                    format,
                 )
             }
         };
@@ -173,7 +180,12 @@ impl QLinear {
             );
         }
         let weight = weight.to_dtype(candle_core::DType::F32)?;
-        *self.active.write().unwrap_or_else(|e| e.into_inner()) = (source, Weight::Dense(weight));
+        let format = match &source {
+            WeightSource::Fake(f) | WeightSource::Packed(f) => *f,
+            WeightSource::Float => F32,
+        };
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) =
+            (source, Weight::Dense(weight, format));
         Ok(())
     }
 
@@ -241,7 +253,7 @@ impl QLinear {
     pub fn reset(&self) {
         if let Some(float) = &self.float {
             *self.active.write().unwrap_or_else(|e| e.into_inner()) =
-                (WeightSource::Float, Weight::Dense(float.clone()));
+                (WeightSource::Float, Weight::Dense(float.clone(), F32));
         }
     }
 
@@ -306,14 +318,15 @@ impl QLinear {
             None => x2,
         };
         let w = match overrides.and_then(|o| o.weight(&self.name)) {
-            Some(w) => Weight::Dense(w.clone()),
+            Some((w, format)) => Weight::Dense(w.clone(), format),
             None => self.read_active().1.clone(),
         };
         let mut y = match w {
-            Weight::Dense(w) => x2.matmul(&w.t()?)?,
+            Weight::Dense(w, Format::Gguf(t)) => runtime_matmul(t, &x2, &w)?,
+            Weight::Dense(w, _) => x2.matmul(&w.t()?)?,
             Weight::Packed(p) => match &*p {
                 PackedWeight::Int(q) => packed_matmul(q, &x2)?,
-                PackedWeight::Gguf(m) => m.forward(&x2)?,
+                PackedWeight::Gguf(m) => m.matmul(&x2)?,
             },
         };
         if let Some(b) = &self.bias {
@@ -322,6 +335,23 @@ impl QLinear {
         let mut shape = lead.to_vec();
         shape.push(out);
         y.reshape(shape)
+    }
+}
+
+/// `x W^T` with `w` holding `t`'s values, the input rounded as llama.cpp's CPU kernels round
+/// it for `t` (see [`gguf::round_input`]): what the packed weight computes, on a dense matmul.
+fn runtime_matmul(
+    t: crate::quant::GgufType,
+    x: &Tensor,
+    w: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let cols = x.dim(1)?;
+    let mut xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let err = gguf::round_input(t, &mut xs, cols);
+    let y = Tensor::from_vec(xs, x.dims(), x.device())?.matmul(&w.t()?)?;
+    match err {
+        Some(e) => y + gguf::min_correction(w, e)?,
+        None => Ok(y),
     }
 }
 
@@ -414,6 +444,76 @@ mod tests {
         assert_eq!(before, after);
         let bad = Tensor::zeros((3, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(l.set_weight(WeightSource::Float, bad).is_err());
+    }
+
+    /// Every GGUF type: the fake-quantized layer (dequantized weight, input rounded as the
+    /// runtime rounds it) computes what the packed blocks compute, within float rounding,
+    /// and the rounding matters (float input is measurably further off).
+    #[test]
+    fn fake_gguf_layer_matches_the_packed_blocks() {
+        let (rows, cols, tokens) = (36, 512, 20);
+        let val = |i: usize, salt: usize| {
+            let h = (i * 2654435761 + salt * 40503) % 100003;
+            let v = h as f32 / 100003.0 - 0.5;
+            // Heavy-ish tails, as real activations have.
+            if h % 97 == 0 {
+                12.0 * v
+            } else {
+                v
+            }
+        };
+        let w: Vec<f32> = (0..rows * cols).map(|i| 0.05 * val(i, 1)).collect();
+        let x: Vec<f32> = (0..tokens * cols).map(|i| val(i, 2)).collect();
+        let x = Tensor::from_vec(x, (tokens, cols), &Device::Cpu).unwrap();
+        let wt = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+        let out = |l: &QLinear| -> Vec<f32> {
+            l.forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        for t in crate::quant::GgufType::ALL {
+            let format = Format::Gguf(t);
+            let float = QLinear::new("l.weight", wt.clone(), None);
+            let q = float.quantized(format, Calibrator::MinMax, None).unwrap();
+            let packed = QLinear::packed("l.weight", format, (rows, cols), q, None, None).unwrap();
+            float
+                .fake_quantize(format, Calibrator::MinMax, None)
+                .unwrap();
+            let (p, f) = (out(&packed), out(&float));
+            let plain: Vec<f32> = x
+                .matmul(
+                    &float
+                        .fake_weight(format, Calibrator::MinMax, None)
+                        .unwrap()
+                        .t()
+                        .unwrap(),
+                )
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let scale = p.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = |a: &[f32]| {
+                a.iter()
+                    .zip(&p)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            };
+            assert!(
+                diff(&f) <= 2e-5 * scale,
+                "{t:?}: fake {} vs packed, output scale {scale}",
+                diff(&f)
+            );
+            assert!(
+                diff(&plain) > 20.0 * diff(&f),
+                "{t:?}: float input {} vs rounded {}",
+                diff(&plain),
+                diff(&f)
+            );
+        }
     }
 
     #[test]

@@ -99,13 +99,13 @@ impl<K: std::hash::Hash + Eq + Copy> TensorCache<K> {
 
 /// A genome's weights and input quantizers as per-forward overrides.
 pub struct GenomeOverrides<'g> {
-    weights: HashMap<&'g str, Tensor>,
+    weights: HashMap<&'g str, (Tensor, Format)>,
     quants: HashMap<&'g str, Option<ActivationQuant>>,
 }
 
 impl Overrides for GenomeOverrides<'_> {
-    fn weight(&self, linear: &str) -> Option<&Tensor> {
-        self.weights.get(linear)
+    fn weight(&self, linear: &str) -> Option<(&Tensor, Format)> {
+        self.weights.get(linear).map(|(w, f)| (w, *f))
     }
 
     fn input_quant(&self, linear: &str) -> Option<Option<ActivationQuant>> {
@@ -278,7 +278,7 @@ impl<'a> Evaluator<'a> {
         let mut weights = HashMap::new();
         let mut quants = HashMap::new();
         for (i, (slot, gene)) in self.space.slots.iter().zip(&g.genes).enumerate() {
-            weights.insert(slot.name.as_str(), self.weight(i, *gene)?);
+            weights.insert(slot.name.as_str(), (self.weight(i, *gene)?, gene.format));
             quants.insert(slot.name.as_str(), self.input_quant(g, i));
         }
         Ok(GenomeOverrides { weights, quants })

@@ -760,6 +760,28 @@ fn summary(r: &Report, space: &Space) -> String {
         ]);
     }
     s += &t.render(2);
+    // When the limits cost much accuracy, say what the accuracy would cost in size.
+    let chosen = r
+        .held_out
+        .last()
+        .map_or(f64::INFINITY, |h| h.held_out.loss());
+    if let Some(best) = r
+        .held_out
+        .iter()
+        .filter(|h| h.bytes > r.selected.bytes)
+        .min_by(|a, b| a.held_out.loss().total_cmp(&b.held_out.loss()))
+        .filter(|b| b.held_out.loss() * 4.0 < chosen)
+    {
+        s += &format!(
+            "\nthe limits cost accuracy: {} at {:.2} bpw measured a held-out {} of {:.3e}, {:.0}x \
+             lower than the selection's; raise --max-bpw or --max-size to trade size for it\n",
+            best.origin,
+            best.bits_per_weight,
+            r.metric,
+            best.held_out.loss(),
+            chosen / best.held_out.loss()
+        );
+    }
     // Formats chosen, counted.
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for g in &r.genome.tensors {

@@ -113,13 +113,14 @@ pub struct Sensitivity {
 
 /// Measures the sensitivity of every quantizable tensor of `model` (filtered by
 /// `options.tensors`) to each of `options.formats` on `sequences` (equal lengths), with weight
-/// importance from `stats`; `progress` is called once per measured candidate.
+/// importance from `stats`; `progress(total)` is called once per measured candidate, with the
+/// number of (tensor, format) pairs measured in all (shapes a format cannot store are skipped).
 pub fn analyse(
     model: &Model,
     sequences: &[&[u32]],
     stats: &Stats,
     options: &Options,
-    progress: &(dyn Fn() + Sync),
+    progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Sensitivity> {
     let data = Path::new("<calibration data>");
     let seq_len = sequences.first().map_or(0, |s| s.len());
@@ -178,6 +179,7 @@ pub fn analyse(
     }
 
     // Measured candidates first, then the estimates that scale their proxies.
+    let measured = candidates.iter().filter(|c| !c.estimated).count();
     let mut entries: Vec<Option<Entry>> = candidates
         .par_iter()
         .map(|c| {
@@ -185,7 +187,7 @@ pub fn analyse(
                 return Ok(None);
             }
             let entry = measure(model, &baseline, c, options)?;
-            progress();
+            progress(measured);
             Ok(Some(entry))
         })
         .collect::<Result<_>>()?;

@@ -56,7 +56,7 @@ fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
             tensors: vec![],
             estimated: vec![],
         },
-        &|| {},
+        &|_| {},
     )
     .unwrap();
     let baseline = Baseline::run(&model, &batch(&seqs).unwrap(), 64).unwrap();

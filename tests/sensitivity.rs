@@ -37,8 +37,23 @@ fn options(formats: &[&str], tensors: &[&str], top_k: usize) -> Options {
     }
 }
 
+/// Also checks the progress reports: one per measured entry, each with the final count.
 fn analyse(model: &Model, seqs: &[&[u32]], stats: &Stats, options: &Options) -> Sensitivity {
-    sensitivity::analyse(model, seqs, stats, options, &|| {}).unwrap()
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let totals = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let s = sensitivity::analyse(model, seqs, stats, options, &|total| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        totals.lock().unwrap().insert(total);
+    })
+    .unwrap();
+    let measured = s.entries.iter().filter(|e| !e.estimated).count();
+    assert_eq!(calls.into_inner(), measured);
+    assert!(totals
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .all(|t| t == measured));
+    s
 }
 
 #[test]

@@ -268,8 +268,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
                 (space.slots.len() * options.formats.len()) as u64,
                 "{elapsed_precise} [{bar:40}] {pos}/{len} sensitivity candidates ({per_sec}, eta {eta})",
             );
-            let s =
-                sensitivity::analyse(&model, &sens_sequences, &stats, &options, &|| bar.inc(1))?;
+            let s = sensitivity::analyse(&model, &sens_sequences, &stats, &options, &|total| {
+                bar.set_length(total as u64);
+                bar.inc(1)
+            })?;
             bar.finish_and_clear();
             let json = serde_json::to_string_pretty(&s)
                 .map_err(|e| Error::invalid(&sens_path, e.to_string()))?;
@@ -586,20 +588,7 @@ fn estimate(
     p: &Point,
     tokens: usize,
 ) -> Option<CostEstimate> {
-    let assignment: Vec<hardware::Assignment> = space
-        .slots
-        .iter()
-        .zip(&p.genome.genes)
-        .map(|(s, g)| hardware::Assignment {
-            shape: hardware::MatmulShape {
-                name: s.name.clone(),
-                rows: s.shape[0],
-                cols: s.shape[1],
-            },
-            format: g.format,
-            activation_bits: p.genome.activation_bits[s.layer],
-        })
-        .collect();
+    let assignment = space.assignment(&p.genome);
     CostModel::new(rates).estimate(&assignment, tokens).ok()
 }
 

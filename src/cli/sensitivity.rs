@@ -90,7 +90,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let result = sensitivity::analyse(&model, &sequences, &stats, &options, &|| bar.inc(1))?;
+    let result = sensitivity::analyse(&model, &sequences, &stats, &options, &|total| {
+        bar.set_length(total as u64);
+        bar.inc(1)
+    })?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     eprintln!(

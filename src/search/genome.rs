@@ -3,6 +3,7 @@
 //! tensor may take (legal on the target and for its shape) and counts exact bytes.
 
 use crate::error::{Error, Result};
+use crate::hardware::{Assignment, MatmulShape};
 use crate::model::Model;
 use crate::quant::{Calibrator, Format};
 use serde::{Deserialize, Serialize};
@@ -121,6 +122,23 @@ pub struct NamedGene {
 }
 
 impl Space {
+    /// `g`'s format and activation bits per matmul, as the hardware cost model prices them.
+    pub fn assignment(&self, g: &Genome) -> Vec<Assignment> {
+        self.slots
+            .iter()
+            .zip(&g.genes)
+            .map(|(s, gene)| Assignment {
+                shape: MatmulShape {
+                    name: s.name.clone(),
+                    rows: s.shape[0],
+                    cols: s.shape[1],
+                },
+                format: gene.format,
+                activation_bits: g.activation_bits.get(s.layer).copied().flatten(),
+            })
+            .collect()
+    }
+
     /// The space of `model`'s quantizable tensors with, per tensor, the formats among
     /// `formats` that `legal(format, rows, cols)` accepts; an error names a tensor none fits.
     pub fn new(

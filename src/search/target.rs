@@ -2,7 +2,7 @@
 
 use super::genome::{Genome, Space};
 use super::Costs;
-use crate::hardware::{Assignment, CostModel, MatmulShape, Rates};
+use crate::hardware::{CostModel, Rates};
 
 /// Latency and energy of one decode step (the per-token cost of a causal LM on device) or,
 /// for encoders, of one pass over `tokens` tokens; estimates, not measurements.
@@ -17,20 +17,7 @@ impl Costs for TargetCosts<'_> {
     /// An illegal (format, activations) pair costs infinity, so constraint domination and the
     /// front push it out.
     fn latency_energy(&self, space: &Space, g: &Genome) -> (f64, f64) {
-        let assignment: Vec<Assignment> = space
-            .slots
-            .iter()
-            .zip(&g.genes)
-            .map(|(s, gene)| Assignment {
-                shape: MatmulShape {
-                    name: s.name.clone(),
-                    rows: s.shape[0],
-                    cols: s.shape[1],
-                },
-                format: gene.format,
-                activation_bits: g.activation_bits.get(s.layer).copied().flatten(),
-            })
-            .collect();
+        let assignment = space.assignment(g);
         CostModel::new(self.rates)
             .phase(&assignment, self.tokens)
             .map_or((f64::INFINITY, f64::INFINITY), |p| {

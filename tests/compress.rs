@@ -72,6 +72,23 @@ fn compress_writes_a_packed_model_that_runs_as_measured_and_reruns_identically()
     let report = json(&out.join("qpipe.json"));
     let bpw = report["selected"]["bits_per_weight"].as_f64().unwrap();
     assert!(bpw <= 5.0, "{bpw}");
+    // The choice among the search's near-best genomes is the lowest on the validation tokens,
+    // and every one compared was within 10% of the lowest search loss.
+    let validation = report["validation"].as_array().unwrap();
+    assert!(validation.len() >= 2, "{validation:?}");
+    let field = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+    let lowest_search = validation
+        .iter()
+        .map(|v| field(v, "calibration_loss"))
+        .fold(f64::INFINITY, f64::min);
+    assert!(validation
+        .iter()
+        .all(|v| field(v, "calibration_loss") <= 1.1 * lowest_search));
+    let chosen = validation
+        .iter()
+        .min_by(|a, b| field(a, "validation_loss").total_cmp(&field(b, "validation_loss")))
+        .unwrap();
+    assert_eq!(chosen["origin"], report["origin"]);
     // The packed weights, run by qpipe-kernels, give the loss the fake-quantized search model
     // gives on the same held-out tokens.
     let packed = report["packed"]["lm"]["mean_kld"].as_f64().unwrap();

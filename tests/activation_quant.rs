@@ -151,6 +151,76 @@ fn check(name: &str, s: &Setup, clip_must_win: bool) {
     );
 }
 
+/// Every SmolLM2 layer's input at A8 alone, per calibrator (about 8 minutes on 2 cores: run
+/// with `cargo test --release --test activation_quant -- --ignored --nocapture`). Prints each
+/// calibrator's held-out KLD per layer and, by tail heaviness, how often it beats minmax and is
+/// the best of the four; asserts what the search's choice of mse for activation ranges
+/// (`search::fitness`) rests on: mse is the best on more layers than any other calibrator and
+/// beats minmax on most.
+#[test]
+#[ignore]
+fn every_smollm2_layer_by_calibrator() {
+    let Some(dir) = common::fetched_model("smollm2-135m") else {
+        return;
+    };
+    let s = setup(&dir, 1024, 2);
+    let mut rows = Vec::new();
+    for (i, l) in s.stats.linears.iter().enumerate() {
+        let k: Vec<f64> = Calibrator::ALL
+            .iter()
+            .map(|&c| kld(&s, &[i], c, 8))
+            .collect();
+        assert!(
+            k.iter().all(|v| v.is_finite() && *v >= 0.0),
+            "{}: {k:?}",
+            l.name
+        );
+        let tail = l.absmax() / l.abs_percentile(0.999).max(1e-12);
+        eprintln!(
+            "{} tail {tail:.1}: {:?}",
+            l.name,
+            k.iter().map(|v| format!("{v:.3e}")).collect::<Vec<_>>()
+        );
+        rows.push((tail, k));
+    }
+    let position = |cal| Calibrator::ALL.iter().position(|c| *c == cal).unwrap();
+    let (minmax, mse) = (position(Calibrator::MinMax), position(Calibrator::Mse));
+    let best_on = |c: usize| {
+        rows.iter()
+            .filter(|(_, k)| k.iter().all(|v| k[c] <= *v))
+            .count()
+    };
+    let best: Vec<usize> = (0..Calibrator::ALL.len()).map(best_on).collect();
+    let mse_wins = rows.iter().filter(|(_, k)| k[mse] < k[minmax]).count();
+    eprintln!(
+        "all {} layers: best on {best:?} (ties count for each); mse beats minmax on {mse_wins}",
+        rows.len()
+    );
+    assert!(best.iter().all(|&b| b <= best[mse]), "best counts {best:?}");
+    assert!(2 * mse_wins > rows.len(), "mse beats minmax on {mse_wins}");
+    for (lo, hi) in [(0.0, 4.0), (4.0, 10.0), (10.0, 50.0), (50.0, f32::INFINITY)] {
+        let band: Vec<&(f32, Vec<f64>)> =
+            rows.iter().filter(|(t, _)| *t >= lo && *t < hi).collect();
+        let wins: Vec<String> = Calibrator::ALL
+            .iter()
+            .enumerate()
+            .map(|(c, cal)| {
+                let w = band.iter().filter(|(_, k)| k[c] < k[minmax]).count();
+                let best = band
+                    .iter()
+                    .filter(|(_, k)| k.iter().all(|v| k[c] <= *v))
+                    .count();
+                format!("{cal}: beats minmax {w}, best {best}")
+            })
+            .collect();
+        eprintln!(
+            "absmax/p99.9 in [{lo}, {hi}): {} layers; {}",
+            band.len(),
+            wins.join("; ")
+        );
+    }
+}
+
 #[test]
 fn activation_quantization_on_the_demo_model() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");

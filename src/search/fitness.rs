@@ -24,8 +24,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// Calibrator for activation ranges: measured best of the four on SmolLM2's heavy-tailed
-/// inputs at A8 (tests/activation_quant.rs).
+/// Calibrator for activation ranges: of the four, the best held-out KLD with one SmolLM2 layer's
+/// input at A8 on 107 of 210 layers (minmax 49, entropy 51, percentile 7; ties counted for each),
+/// and better than minmax on 149 (tests/activation_quant.rs, the ignored test).
 const ACTIVATION_CALIBRATOR: Calibrator = Calibrator::Mse;
 
 /// Hidden states are kept entering every `PREFIX_STRIDE`-th layer.

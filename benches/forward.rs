@@ -17,6 +17,8 @@ const BATCH: usize = 4;
 const SEQ: usize = 256;
 
 fn main() {
+    // The allocator and thread settings the qpipe binary runs with.
+    qpipe::process::configure();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m");
     if !dir.is_dir() {
         eprintln!(

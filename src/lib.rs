@@ -13,6 +13,7 @@ pub mod gguf_layout;
 pub mod hardware;
 pub mod import;
 pub mod model;
+pub mod process;
 pub mod quant;
 pub mod report;
 pub mod search;

@@ -4,14 +4,7 @@ use clap::Parser;
 use std::io::Write;
 
 fn main() {
-    // Sensitivity and search run whole forward passes in parallel on rayon's threads. candle
-    // 0.11 also hands large element-wise ops to its own pool, which serialises concurrent
-    // callers on a lock while its worker spins: a 28-candidate sensitivity run took 24.0 s with
-    // it and 22.0 s without, and one forward pass alone is no slower (1.48 s either way,
-    // benches/forward.rs). Matmuls still use every rayon thread. Set before any thread starts.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    qpipe::process::configure();
     // A panic is a qpipe bug, never the user's fault: one line, no backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("qpipe: internal error (please report): {info}");

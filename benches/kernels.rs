@@ -179,7 +179,7 @@ fn main() {
         "qpipe-kernels bench: {threads} rayon threads, best backend {}",
         Backend::detect().name()
     );
-    let backends: Vec<Backend> = [Backend::Avx2, Backend::Scalar]
+    let backends: Vec<Backend> = [Backend::Avx512, Backend::Avx2, Backend::Scalar]
         .into_iter()
         .filter(|b| b.is_available())
         .collect();

@@ -1,17 +1,19 @@
 //! Products with a packed matrix: `y = W x` (GEMV) and `Y = X W^T` (GEMM, a linear layer),
-//! with an AVX2+FMA+F16C path chosen at run time and a portable scalar fallback.
+//! with AVX-512 and AVX2+FMA+F16C paths chosen at run time and a portable scalar fallback.
 //!
 //! Both paths are deterministic: every output is computed by exactly one thread in a fixed
 //! order of operations, so results do not depend on the number of threads. GEMV uses
 //! `sum_c s*(q_c - z)*x_c = s*(sum_c q_c*x_c - z*sum_{c in g} x_c)` with the per-group sums of
 //! `x` computed once per call; GEMM dequantizes each weight row once and reuses it for the whole
-//! batch. The AVX2 GEMV may lose precision for inputs below about 1e-34 in magnitude (they are
+//! batch. The SIMD GEMV may lose precision for inputs below about 1e-34 in magnitude (they are
 //! rescaled by up to 2^-12 internally, which can make them subnormal).
 
 use rayon::prelude::*;
 
 use crate::error::check_len;
 use crate::matrix::PackedMatrix;
+#[cfg(target_arch = "x86_64")]
+use crate::x86::isa::{V256, V512};
 use crate::{scalar, KernelError};
 
 /// Which implementation of the products to run.
@@ -21,16 +23,17 @@ pub enum Backend {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C intrinsics (checked at run time).
     Avx2,
+    /// The same kernels at twice the width: AVX-512 F + BW, plus AVX2, FMA and F16C.
+    Avx512,
 }
 
 impl Backend {
     /// The fastest backend this CPU supports.
     pub fn detect() -> Backend {
-        if Backend::Avx2.is_available() {
-            Backend::Avx2
-        } else {
-            Backend::Scalar
-        }
+        [Backend::Avx512, Backend::Avx2]
+            .into_iter()
+            .find(|b| b.is_available())
+            .unwrap_or(Backend::Scalar)
     }
 
     /// Whether this CPU can run the backend.
@@ -43,16 +46,23 @@ impl Backend {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => {
+                Backend::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Backend::Avx2 => false,
+            Backend::Avx2 | Backend::Avx512 => false,
         }
     }
 
-    /// Short lowercase name for reports ("scalar", "avx2").
+    /// Short lowercase name for reports ("scalar", "avx2", "avx512").
     pub fn name(self) -> &'static str {
         match self {
             Backend::Scalar => "scalar",
             Backend::Avx2 => "avx2",
+            Backend::Avx512 => "avx512",
         }
     }
 }
@@ -89,9 +99,12 @@ pub fn gemv_with(
         Backend::Scalar => scalar::gemv(w, x, y),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `is_available` confirmed AVX2, FMA and F16C on this CPU.
-        Backend::Avx2 => unsafe { crate::avx2::gemv(w, x, y) },
+        Backend::Avx2 => unsafe { crate::x86::gemv::<V256>(w, x, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `is_available` confirmed AVX-512 F/BW, AVX2, FMA and F16C on this CPU.
+        Backend::Avx512 => unsafe { crate::x86::gemv::<V512>(w, x, y) },
         #[cfg(not(target_arch = "x86_64"))]
-        Backend::Avx2 => unreachable!("is_available is false off x86-64"),
+        Backend::Avx2 | Backend::Avx512 => unreachable!("is_available is false off x86-64"),
     }
     Ok(())
 }
@@ -145,9 +158,12 @@ pub fn gemm_with(
         Backend::Scalar => scalar::gemm(w, x, batch, &mut yt),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `is_available` confirmed AVX2, FMA and F16C on this CPU.
-        Backend::Avx2 => unsafe { crate::avx2::gemm(w, x, batch, &mut yt) },
+        Backend::Avx2 => unsafe { crate::x86::gemm::<V256>(w, x, batch, &mut yt) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `is_available` confirmed AVX-512 F/BW, AVX2, FMA and F16C on this CPU.
+        Backend::Avx512 => unsafe { crate::x86::gemm::<V512>(w, x, batch, &mut yt) },
         #[cfg(not(target_arch = "x86_64"))]
-        Backend::Avx2 => unreachable!("is_available is false off x86-64"),
+        Backend::Avx2 | Backend::Avx512 => unreachable!("is_available is false off x86-64"),
     }
     let rows = w.rows();
     y.par_chunks_mut(rows).enumerate().for_each(|(b, yb)| {

@@ -189,7 +189,7 @@ pub(crate) fn unpack_prefix(packed: &[u8], bits: u32, out: &mut [u8]) {
 /// must hold at least `packed_len(start + out.len(), bits)` bytes.
 pub(crate) fn unpack_range(row: &[u8], bits: u32, start: usize, out: &mut [u8]) {
     let bit0 = start * bits as usize;
-    if bit0 % 8 == 0 {
+    if bit0.is_multiple_of(8) {
         unpack_prefix(&row[bit0 / 8..], bits, out);
         return;
     }

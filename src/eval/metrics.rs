@@ -289,7 +289,7 @@ pub fn compare_embeddings(
     if dim == 0
         || reference.is_empty()
         || reference.len() != candidate.len()
-        || reference.len() % dim != 0
+        || !reference.len().is_multiple_of(dim)
     {
         return Err(format!(
             "embeddings of {} and {} values do not make rows of dimension {dim}",

@@ -184,7 +184,7 @@ fn check_extent(
 ) -> Result<()> {
     let (block, size) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
     let elems = info.shape.elem_count();
-    if elems % block != 0 {
+    if !elems.is_multiple_of(block) {
         return Err(Error::invalid(
             path,
             format!(

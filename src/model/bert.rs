@@ -77,7 +77,7 @@ impl BertConfig {
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(bad_config(checkpoint, format!("{field} is 0")));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(bad_config(
                 checkpoint,
                 format!(

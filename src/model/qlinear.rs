@@ -456,7 +456,7 @@ mod tests {
             let h = (i * 2654435761 + salt * 40503) % 100003;
             let v = h as f32 / 100003.0 - 0.5;
             // Heavy-ish tails, as real activations have.
-            if h % 97 == 0 {
+            if h.is_multiple_of(97) {
                 12.0 * v
             } else {
                 v

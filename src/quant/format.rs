@@ -183,7 +183,7 @@ impl Format {
         }
         if let Format::Gguf(t) = self {
             let b = t.block_size();
-            if cols % b != 0 {
+            if !cols.is_multiple_of(b) {
                 return Err(format!(
                     "{self} needs rows whose length is a multiple of {b}, got {cols}"
                 ));

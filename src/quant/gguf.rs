@@ -156,7 +156,7 @@ blocks!(
 /// llama.cpp's block bytes as candle's block structs.
 fn typed<B: GgmlType>(bytes: &[u8]) -> Result<Vec<B>, String> {
     let size = std::mem::size_of::<B>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(format!(
             "{} bytes are not a whole number of {:?} blocks of {size} bytes",
             bytes.len(),

@@ -116,7 +116,7 @@ fn reference(w: &PackedMatrix, x: &[f32], batch: usize) -> (Vec<f64>, Vec<f64>) 
 }
 
 fn backends() -> Vec<Backend> {
-    [Backend::Scalar, Backend::Avx2]
+    [Backend::Scalar, Backend::Avx2, Backend::Avx512]
         .into_iter()
         .filter(|b| b.is_available())
         .collect()
@@ -170,10 +170,10 @@ fn check_gemv(f: &Fixture, seed: u64) {
         ys.push(y);
     }
     // SIMD == scalar within the same tolerance (each is within it of the reference).
-    if let [a, b] = &ys[..] {
-        let twice: Vec<f64> = tol.iter().map(|t| 2.0 * t).collect();
-        let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
-        assert_close(b, &a64, &twice, "gemv avx2 vs scalar");
+    let twice: Vec<f64> = tol.iter().map(|t| 2.0 * t).collect();
+    let scalar: Vec<f64> = ys[0].iter().map(|&v| v as f64).collect();
+    for (be, y) in backends().into_iter().zip(&ys).skip(1) {
+        assert_close(y, &scalar, &twice, &format!("gemv {} vs scalar", be.name()));
     }
 }
 
@@ -203,14 +203,20 @@ fn backend_detection() {
     assert!(Backend::detect().is_available());
     assert_eq!(Backend::Scalar.name(), "scalar");
     assert_eq!(Backend::Avx2.name(), "avx2");
-    if Backend::Avx2.is_available() {
-        assert_eq!(Backend::detect(), Backend::Avx2);
-    } else {
-        let w = PackedMatrix::new(4, 1, 2, 2, &[0], &[0], Zeros::Constant(8)).unwrap();
-        assert_eq!(
-            gemv_with(Backend::Avx2, &w, &[0.0; 2], &mut [0.0]),
-            Err(KernelError::BackendUnavailable("avx2"))
-        );
+    assert_eq!(Backend::Avx512.name(), "avx512");
+    // The widest available backend is the default; AVX-512 implies AVX2.
+    assert_eq!(Backend::detect(), *backends().last().unwrap());
+    if Backend::Avx512.is_available() {
+        assert!(Backend::Avx2.is_available());
+    }
+    let w = PackedMatrix::new(4, 1, 2, 2, &[0], &[0], Zeros::Constant(8)).unwrap();
+    for be in [Backend::Avx2, Backend::Avx512] {
+        if !be.is_available() {
+            assert_eq!(
+                gemv_with(be, &w, &[0.0; 2], &mut [0.0]),
+                Err(KernelError::BackendUnavailable(be.name()))
+            );
+        }
     }
     // Records which paths the other tests exercised.
     eprintln!("backends under test: {:?}", backends());

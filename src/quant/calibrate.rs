@@ -76,7 +76,7 @@ impl FromStr for Calibrator {
 }
 
 /// An affine integer quantizer: code = clamp(round(x / scale) + zero), value = scale * (code - zero).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Quantizer {
     /// Step between adjacent codes (0 for an all-zero range).
     pub scale: f32,
@@ -93,6 +93,16 @@ pub struct Quantizer {
 const ROUND: f32 = 8_388_608.0;
 /// Inputs longer than this (whole tensors) have their error summed in parallel.
 const PAR_ERROR: usize = 1 << 18;
+/// Squared errors are summed in this many f32 lanes over runs of at most `RUN` values (each
+/// lane holds at most `RUN / LANES` terms: exact enough), and in f64 across runs.
+const LANES: usize = 8;
+const RUN: usize = 256;
+
+/// The pairwise f32 sum of eight lanes, as f64.
+#[inline(always)]
+fn sum_lanes(a: &[f32; LANES]) -> f64 {
+    (((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))) as f64
+}
 
 impl Quantizer {
     /// The quantizer covering [lo, hi] with `bits` and `scheme`. With `f16_scale` the scale is
@@ -160,80 +170,31 @@ impl Quantizer {
         self.scale * ((self.biased(x) - ROUND) - self.zero as f32)
     }
 
+    /// `acc` plus the squared round-trip errors of eight values (times their weights), lane by
+    /// lane.
+    #[inline(always)]
+    fn accumulate(
+        &self,
+        v: &[f32; LANES],
+        w: Option<&[f32; LANES]>,
+        mut acc: [f32; LANES],
+    ) -> [f32; LANES] {
+        for l in 0..LANES {
+            let d = v[l] - self.fake(v[l]);
+            acc[l] += match w {
+                Some(w) => w[l] * d * d,
+                None => d * d,
+            };
+        }
+        acc
+    }
+
     /// Squared round-trip error of `xs`, weighted by `imp` applied cyclically (imp[i % len]) so
-    /// that a per-column vector weights a whole matrix or one group alike. Large inputs (whole
-    /// tensors) are summed in parallel over fixed chunks, reduced in order, so the result does
-    /// not depend on the thread count.
+    /// that a per-column vector weights a whole matrix or one group alike (see
+    /// [`batch_sq_errors`] for how it is summed).
     #[inline(always)]
     pub fn sq_error(&self, xs: &[f32], imp: Option<&[f32]>) -> f64 {
-        if xs.len() > PAR_ERROR {
-            return self.par_sq_error(xs, imp);
-        }
-        self.group_error(xs, imp)
-    }
-
-    #[inline(never)]
-    fn par_sq_error(&self, xs: &[f32], imp: Option<&[f32]>) -> f64 {
-        let chunk = imp.map_or(PAR_ERROR, |w| w.len() * (PAR_ERROR / w.len()).max(1));
-        let parts: Vec<f64> = xs
-            .par_chunks(chunk)
-            .map(|c| self.group_error(c, imp))
-            .collect();
-        parts.iter().sum()
-    }
-
-    /// `sq_error` on one thread: f32 lanes over runs of at most 256 elements (exact enough,
-    /// and vectorised), f64 across runs. Inlined into the per-group calibration loop.
-    #[inline(always)]
-    pub fn group_error(&self, xs: &[f32], imp: Option<&[f32]>) -> f64 {
-        const L: usize = 8;
-        const RUN: usize = 256;
-        // A pairwise f32 sum of the lanes: each lane holds at most RUN / L terms.
-        let lanes = |a: [f32; L]| {
-            (((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))) as f64
-        };
-        let mut total = 0f64;
-        match imp {
-            None => {
-                for run in xs.chunks(RUN) {
-                    let mut acc = [0f32; L];
-                    let mut it = run.chunks_exact(L);
-                    for v in &mut it {
-                        for l in 0..L {
-                            let d = v[l] - self.fake(v[l]);
-                            acc[l] += d * d;
-                        }
-                    }
-                    for &x in it.remainder() {
-                        let d = x - self.fake(x);
-                        acc[0] += d * d;
-                    }
-                    total += lanes(acc);
-                }
-            }
-            Some(w) => {
-                // Rows of the matrix (or the one group): each starts at column 0 of `w`.
-                for row in xs.chunks(w.len()) {
-                    for (run, w) in row.chunks(RUN).zip(w.chunks(RUN)) {
-                        let mut acc = [0f32; L];
-                        let mut it = run.chunks_exact(L).zip(w.chunks_exact(L));
-                        for (v, w) in &mut it {
-                            for l in 0..L {
-                                let d = v[l] - self.fake(v[l]);
-                                acc[l] += w[l] * d * d;
-                            }
-                        }
-                        let tail = run.len() / L * L;
-                        for (&x, &wi) in run[tail..].iter().zip(&w[tail..]) {
-                            let d = x - self.fake(x);
-                            acc[0] += wi * d * d;
-                        }
-                        total += lanes(acc);
-                    }
-                }
-            }
-        }
-        total
+        batch_sq_errors(std::slice::from_ref(self), xs, imp)[0]
     }
 }
 
@@ -284,13 +245,22 @@ pub fn finite_range(xs: &[f32]) -> Result<(f32, f32), String> {
 /// Clip ratios `mse` tries first: dense near 1, where 4-8 bit optima sit, and reaching down to
 /// 0.1 for rows whose range is set by a few far outliers.
 const MSE_COARSE: [f32; 7] = [1.0, 0.85, 0.7, 0.5, 0.35, 0.2, 0.1];
+/// Coarse ratios evaluated together: enough that the scan usually stops inside the first
+/// batch, few enough that little is evaluated past the stop.
+const MSE_COARSE_BATCH: usize = 3;
 /// Extra ratios tried between the best coarse ratio's neighbours.
 const MSE_REFINE: usize = 2;
 
-/// The error of clipping at a ratio of the full range, for the mse search. A trait (not a
-/// closure) so that `#[inline(always)]` reaches the hot loop, also in the AVX2 build.
+/// Most clip ratios the mse search evaluates together.
+const BATCH: usize = MSE_COARSE_BATCH;
+const _: () = assert!(MSE_REFINE <= BATCH);
+
+/// The errors of clipping at ratios of the full range, for the mse search, a batch at a time.
+/// A trait (not a closure) so that `#[inline(always)]` reaches the hot loop, also in the AVX2
+/// build.
 trait ClipError {
-    fn error(&mut self, ratio: f32) -> Result<f64, String>;
+    /// Entry `i < ratios.len() <= BATCH` is the error at `ratios[i]`.
+    fn errors(&mut self, ratios: &[f32]) -> Result<[f64; BATCH], String>;
 }
 
 /// Weight values (one group, row or tensor) with optional importance.
@@ -304,52 +274,123 @@ struct WeightClip<'a> {
 
 impl ClipError for WeightClip<'_> {
     #[inline(always)]
-    fn error(&mut self, r: f32) -> Result<f64, String> {
-        let q = Quantizer::for_range(
-            self.fmt.bits,
-            self.fmt.scheme,
-            self.lo * r,
-            self.hi * r,
-            true,
-        )?;
-        Ok(q.sq_error(self.xs, self.imp))
+    fn errors(&mut self, rs: &[f32]) -> Result<[f64; BATCH], String> {
+        let mut qs = [Quantizer::default(); BATCH];
+        for (q, &r) in qs.iter_mut().zip(rs) {
+            *q = Quantizer::for_range(
+                self.fmt.bits,
+                self.fmt.scheme,
+                self.lo * r,
+                self.hi * r,
+                true,
+            )?;
+        }
+        Ok(batch_sq_errors(&qs[..rs.len()], self.xs, self.imp))
     }
+}
+
+/// [`Quantizer::sq_error`] of `xs` under each of up to `BATCH` quantizers: f32 lanes over
+/// runs of at most `RUN` values, f64 across runs. Each value is loaded once for all the
+/// quantizers, whose sums are independent (one quantizer at a time, a short group is
+/// latency-bound). Large inputs (whole tensors) are summed in parallel over fixed chunks,
+/// reduced in order, so the result does not depend on the thread count.
+#[inline(always)]
+fn batch_sq_errors(qs: &[Quantizer], xs: &[f32], imp: Option<&[f32]>) -> [f64; BATCH] {
+    if xs.len() > PAR_ERROR {
+        return par_batch_sq_errors(qs, xs, imp);
+    }
+    const L: usize = LANES;
+    let lanes = |v: &[f32]| -> [f32; L] { v.try_into().expect("a chunk of L values") };
+    let mut total = [0f64; BATCH];
+    // Rows of the matrix (or the one group): each starts at column 0 of `imp`.
+    let row_len = imp.map_or(xs.len().max(1), |w| w.len());
+    for row in xs.chunks(row_len) {
+        for (i, run) in row.chunks(RUN).enumerate() {
+            let w = imp.map(|w| &w[i * RUN..i * RUN + run.len()]);
+            let mut acc = [[0f32; L]; BATCH];
+            let full = run.len() / L * L;
+            for (j, v) in run[..full].chunks_exact(L).enumerate() {
+                let v = lanes(v);
+                // Unswitched by hand, so that the unweighted loop has no multiply by 1.
+                match w {
+                    None => {
+                        for (q, a) in qs.iter().zip(acc.iter_mut()) {
+                            *a = q.accumulate(&v, None, *a);
+                        }
+                    }
+                    Some(w) => {
+                        let w = lanes(&w[j * L..(j + 1) * L]);
+                        for (q, a) in qs.iter().zip(acc.iter_mut()) {
+                            *a = q.accumulate(&v, Some(&w), *a);
+                        }
+                    }
+                }
+            }
+            for (q, a) in qs.iter().zip(acc.iter_mut()) {
+                for (k, &x) in run[full..].iter().enumerate() {
+                    let d = x - q.fake(x);
+                    a[0] += w.map_or(1.0, |w| w[full + k]) * d * d;
+                }
+            }
+            for (t, a) in total.iter_mut().zip(&acc) {
+                *t += sum_lanes(a);
+            }
+        }
+    }
+    total
+}
+
+/// [`batch_sq_errors`] of a whole tensor, over fixed chunks in parallel, reduced in order.
+#[inline(never)]
+fn par_batch_sq_errors(qs: &[Quantizer], xs: &[f32], imp: Option<&[f32]>) -> [f64; BATCH] {
+    let chunk = imp.map_or(PAR_ERROR, |w| w.len() * (PAR_ERROR / w.len()).max(1));
+    let parts: Vec<[f64; BATCH]> = xs
+        .par_chunks(chunk)
+        .map(|c| batch_sq_errors(qs, c, imp))
+        .collect();
+    let mut total = [0f64; BATCH];
+    for p in parts {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
 }
 
 /// The ratio in (0, 1] minimising the error: the coarse grid, then a refinement between the
 /// best coarse point's neighbours. Ratio 1 is tried first and wins ties. The coarse scan stops
-/// once the error has doubled past the best: below its optimum the clipping error only grows.
+/// once the error has doubled past the best (below its optimum the clipping error only
+/// grows); it is evaluated in batches and replayed on their errors, so it chooses exactly
+/// what a one-ratio-at-a-time scan would.
 #[inline(always)]
 fn search_ratio(err: &mut impl ClipError) -> Result<f32, String> {
-    let coarse = MSE_COARSE.len();
     let (mut best_r, mut best_e, mut best_i) = (1.0f32, f64::INFINITY, 0usize);
-    let mut step = 0;
-    while step < coarse + MSE_REFINE {
-        let r = if step < coarse {
-            MSE_COARSE[step]
-        } else {
-            let hi = if best_i == 0 {
-                1.0
-            } else {
-                MSE_COARSE[best_i - 1]
-            };
-            let lo = MSE_COARSE
-                .get(best_i + 1)
-                .copied()
-                .unwrap_or(MSE_COARSE[best_i] * 0.5);
-            lo + (hi - lo) * (step - coarse + 1) as f32 / (MSE_REFINE + 1) as f32
-        };
-        let e = err.error(r)?;
-        if e < best_e {
-            best_r = r;
-            best_e = e;
-            if step < coarse {
-                best_i = step;
+    'scan: for (c, part) in MSE_COARSE.chunks(MSE_COARSE_BATCH).enumerate() {
+        let es = err.errors(part)?;
+        for (i, (&r, &e)) in part.iter().zip(&es).enumerate() {
+            if e < best_e {
+                (best_r, best_e, best_i) = (r, e, c * MSE_COARSE_BATCH + i);
+            }
+            if e > 2.0 * best_e {
+                break 'scan;
             }
         }
-        step += 1;
-        if step < coarse && e > 2.0 * best_e {
-            step = coarse;
+    }
+    let hi = if best_i == 0 {
+        1.0
+    } else {
+        MSE_COARSE[best_i - 1]
+    };
+    let lo = MSE_COARSE
+        .get(best_i + 1)
+        .copied()
+        .unwrap_or(MSE_COARSE[best_i] * 0.5);
+    let rs: [f32; MSE_REFINE] =
+        std::array::from_fn(|k| lo + (hi - lo) * (k + 1) as f32 / (MSE_REFINE + 1) as f32);
+    let es = err.errors(&rs)?;
+    for (&r, &e) in rs.iter().zip(&es) {
+        if e < best_e {
+            (best_r, best_e) = (r, e);
         }
     }
     Ok(best_r)
@@ -518,14 +559,18 @@ struct HistogramClip<'a, C: Fn(f32) -> (f32, f32)> {
 }
 
 impl<C: Fn(f32) -> (f32, f32)> ClipError for HistogramClip<'_, C> {
-    fn error(&mut self, r: f32) -> Result<f64, String> {
-        let (lo, hi) = (self.clip)(self.h.absmax() * r);
-        let q = Quantizer::for_range(self.bits, self.scheme, lo, hi, false)?;
-        Ok(self
-            .h
-            .centres()
-            .map(|(c, n)| n as f64 * ((c - q.fake(c)) as f64).powi(2))
-            .sum())
+    fn errors(&mut self, rs: &[f32]) -> Result<[f64; BATCH], String> {
+        let mut es = [0f64; BATCH];
+        for (e, &r) in es.iter_mut().zip(rs) {
+            let (lo, hi) = (self.clip)(self.h.absmax() * r);
+            let q = Quantizer::for_range(self.bits, self.scheme, lo, hi, false)?;
+            *e = self
+                .h
+                .centres()
+                .map(|(c, n)| n as f64 * ((c - q.fake(c)) as f64).powi(2))
+                .sum();
+        }
+        Ok(es)
     }
 }
 

@@ -99,6 +99,11 @@ pub trait Rates {
     ) -> Result<Execution>;
     /// DRAM bandwidth, bytes/s.
     fn bandwidth(&self) -> Result<f64>;
+    /// Seconds to move `bytes` for a matmul whose weights take `weight_bytes`: over the DRAM
+    /// bandwidth (a deployed model's weights stream from DRAM at every token).
+    fn memory_s(&self, _weight_bytes: u64, bytes: u64) -> Result<f64> {
+        Ok(bytes as f64 / self.bandwidth()?)
+    }
 }
 
 impl Target {
@@ -253,8 +258,9 @@ impl<'a> CostModel<'a> {
             } => unpack_s_per_weight * weights,
         };
         let compute_s = macs as f64 / ex.macs_per_s + unpack;
-        let bytes = (weight_bytes + activation_bytes) as f64;
-        let memory_s = bytes / self.rates.bandwidth()?;
+        let memory_s = self
+            .rates
+            .memory_s(weight_bytes, weight_bytes + activation_bytes)?;
         let energy = target.energy_model.as_ref();
         let pj_mac = energy
             .and_then(|e| e.per_mac_pj.get(&ex.compute))
@@ -276,7 +282,8 @@ impl<'a> CostModel<'a> {
             } else {
                 Bound::Memory
             },
-            energy_j: (macs as f64 * pj_mac + bytes * pj_byte) * 1e-12,
+            energy_j: (macs as f64 * pj_mac + (weight_bytes + activation_bytes) as f64 * pj_byte)
+                * 1e-12,
         })
     }
 

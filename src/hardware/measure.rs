@@ -632,6 +632,19 @@ impl Rates for Calibration {
     fn bandwidth(&self) -> Result<f64> {
         Rates::bandwidth(&self.target)
     }
+
+    /// Zero when the weights fit in the last-level cache: the probes call a matmul back to
+    /// back, so such weights stay on chip, and the fitted per-MAC rates (from calibration
+    /// shapes of at most 2 MiB) already include their traffic. Adding a DRAM term there
+    /// predicted 2x the measured time of the small shapes once the AVX-512 GEMV made them
+    /// faster than DRAM could feed them.
+    fn memory_s(&self, weight_bytes: u64, bytes: u64) -> Result<f64> {
+        let on_chip = self.target.on_chip_bytes.as_ref().map_or(0.0, |b| b.value);
+        if (weight_bytes as f64) <= on_chip {
+            return Ok(0.0);
+        }
+        Ok(bytes as f64 / self.bandwidth()?)
+    }
 }
 
 /// One shape's predicted and measured latency.

@@ -4,8 +4,8 @@
 //!
 //! What is asserted is what holds run after run on a shared 2-core machine: the median error
 //! over the shapes per format (see the limits below) in one of up to three measuring sessions.
-//! The goal, every shape within 30%, is not met reliably: the worst shape, a 7-30 us
-//! call on the demo model's small matrices dominated by thread wake-up, was 17-186% off.
+//! The goal, every shape within 30%, is not met reliably: the worst shapes, small
+//! prefills near the size where the kernels switch from one thread to two, were 50-116% off.
 
 mod common;
 
@@ -52,13 +52,12 @@ fn host_model_predicts_the_models_own_shapes() {
     }
     // A session (fresh measurements) on this shared machine can miss by 50-200% on every small
     // shape, and such periods last several sessions. Asserted is what held run after run in
-    // one of up to three sessions: a median within 60% for both formats. With the AVX2 GEMV
-    // (stop 14) int8-channel-sym medians were 2-8%; the AVX-512 GEMV (stop 16) computes the
-    // small shapes in a few microseconds, so the wake-up of the second thread, which varies
-    // from call to call (a 64x256 call took 18 us, a 128x256 one 7 us), is most of their time,
-    // and session medians over 12 sessions were 10-32% (int4-g32-asym) and 13-57% (int8).
-    // The goal, every shape within 30%, is not met.
-    let limits = [("int4-g32-asym", 0.60), ("int8-channel-sym", 0.60)];
+    // one of up to three sessions: a median within 40% for both formats. Stop 16 (AVX-512
+    // GEMV, small matmuls on the calling thread, per-row and serial/parallel terms in the
+    // fits): session medians 4-29% (int4-g32-asym) and 6-25% (int8-channel-sym) over 12 runs;
+    // decode shapes mostly within 10%, the worst shapes small prefills near the serial/parallel
+    // threshold (+50-116%). The goal, every shape within 30%, is not met.
+    let limits = [("int4-g32-asym", 0.40), ("int8-channel-sym", 0.40)];
     let mut medians = Vec::new();
     for session in 0..3 {
         let dir = tempfile::tempdir().unwrap();

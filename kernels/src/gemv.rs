@@ -67,8 +67,58 @@ impl Backend {
     }
 }
 
-/// Rows handed to one rayon task in GEMV.
-pub(crate) const GEMV_ROW_BLOCK: usize = 16;
+/// Packed bytes a GEMV task covers at least (whole multiples of 16 rows): with 16-row tasks
+/// of short rows, handing tasks out cost as much as computing them (a 1536x576 int4 GEMV took
+/// 73 us, its 576x1536 transpose 22 us).
+const GEMV_TASK_BYTES: usize = 16 << 10;
+
+/// A GEMV over fewer packed bytes than this runs on the calling thread. It takes a few
+/// microseconds there, less than waking a second thread, whose wake-up also varies from call
+/// to call (10-25 us measured on a shared 2-core machine).
+pub const SERIAL_GEMV_BYTES: usize = 256 << 10;
+
+/// Calls `f(first_row, outputs)` for consecutive blocks of outputs, each a multiple of 16 rows
+/// (so row pairs never straddle blocks): in parallel, or in order on the calling thread for a
+/// matrix of fewer than [`SERIAL_GEMV_BYTES`]. Every row is computed the same way either way.
+pub(crate) fn for_row_blocks(
+    w: &PackedMatrix,
+    y: &mut [f32],
+    f: impl Fn(usize, &mut [f32]) + Send + Sync,
+) {
+    let block = (GEMV_TASK_BYTES / w.row_bytes().max(1))
+        .next_multiple_of(16)
+        .max(16);
+    let serial = w.storage_bytes() < SERIAL_GEMV_BYTES;
+    for_chunks_init(y, block, serial, || (), |_, (i, ys)| f(i * block, ys));
+}
+
+/// A GEMM of fewer multiply-accumulates than this runs on the calling thread, for the same
+/// reason as [`SERIAL_GEMV_BYTES`] (about 50 us of work on one core).
+pub const SERIAL_GEMM_MACS: usize = 2 << 20;
+
+/// Whether `Y = X W^T` over `batch` rows runs on the calling thread.
+pub(crate) fn gemm_is_serial(w: &PackedMatrix, batch: usize) -> bool {
+    batch.saturating_mul(w.rows()).saturating_mul(w.cols()) < SERIAL_GEMM_MACS
+}
+
+/// `f(state, (index, chunk))` over the `chunk`-sized pieces of `out` with per-task state from
+/// `init`: in parallel, or in order on the calling thread when `serial`.
+pub(crate) fn for_chunks_init<T>(
+    out: &mut [f32],
+    chunk: usize,
+    serial: bool,
+    init: impl Fn() -> T + Send + Sync,
+    f: impl Fn(&mut T, (usize, &mut [f32])) + Send + Sync,
+) {
+    if serial {
+        let mut state = init();
+        out.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|item| f(&mut state, item));
+    } else {
+        out.par_chunks_mut(chunk).enumerate().for_each_init(init, f);
+    }
+}
 
 /// `y = W x` on the fastest available backend; `x.len() == cols`, `y.len() == rows`.
 pub fn gemv(w: &PackedMatrix, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
@@ -166,11 +216,17 @@ pub fn gemm_with(
         Backend::Avx2 | Backend::Avx512 => unreachable!("is_available is false off x86-64"),
     }
     let rows = w.rows();
-    y.par_chunks_mut(rows).enumerate().for_each(|(b, yb)| {
-        for (r, v) in yb.iter_mut().enumerate() {
-            *v = yt[r * batch + b];
-        }
-    });
+    for_chunks_init(
+        y,
+        rows,
+        gemm_is_serial(w, batch),
+        || (),
+        |_, (b, yb)| {
+            for (r, v) in yb.iter_mut().enumerate() {
+                *v = yt[r * batch + b];
+            }
+        },
+    );
     Ok(())
 }
 

@@ -1,9 +1,7 @@
 //! Portable kernels: the fallback on CPUs without AVX2 and the reference the SIMD path is
 //! tested against.
 
-use rayon::prelude::*;
-
-use crate::gemv::{group_sums, GEMV_ROW_BLOCK};
+use crate::gemv::{for_chunks_init, for_row_blocks, gemm_is_serial, group_sums};
 use crate::matrix::PackedMatrix;
 use crate::pack::unpack_range;
 
@@ -74,20 +72,22 @@ fn row_dot(w: &PackedMatrix, r: usize, x: &[f32], xs: &[f32]) -> f32 {
 /// Scalar `y = W x`; lengths are already validated and `rows > 0`.
 pub(crate) fn gemv(w: &PackedMatrix, x: &[f32], y: &mut [f32]) {
     let xs = group_sums(w, x);
-    y.par_chunks_mut(GEMV_ROW_BLOCK)
-        .enumerate()
-        .for_each(|(blk, ys)| {
-            for (i, v) in ys.iter_mut().enumerate() {
-                *v = row_dot(w, blk * GEMV_ROW_BLOCK + i, x, &xs);
-            }
-        });
+    for_row_blocks(w, y, |r0, ys| {
+        for (i, v) in ys.iter_mut().enumerate() {
+            *v = row_dot(w, r0 + i, x, &xs);
+        }
+    });
 }
 
 /// Scalar `yt = W X^T` into the transposed output `yt [rows x batch]`; lengths are validated
 /// and `cols > 0`.
 pub(crate) fn gemm(w: &PackedMatrix, x: &[f32], batch: usize, yt: &mut [f32]) {
     let cols = w.cols();
-    yt.par_chunks_mut(batch).enumerate().for_each_init(
+    let serial = gemm_is_serial(w, batch);
+    for_chunks_init(
+        yt,
+        batch,
+        serial,
         || vec![0f32; cols],
         |wrow, (r, out)| {
             w.dequantize_row_into(r, wrow);

@@ -83,19 +83,22 @@ pub struct Execution {
     pub macs_per_s: f64,
     /// Fixed seconds per matmul call.
     pub overhead_s: f64,
+    /// Fixed seconds per output row (a measured kernel's per-row setup; 0 in profiles).
+    pub overhead_s_per_row: f64,
 }
 
 /// Where a cost model gets its rates: a target's published profile, or measurements.
 pub trait Rates {
     /// The target being modelled.
     fn target(&self) -> &Target;
-    /// Rates for `format` with `activation_bits` over `tokens` tokens; illegal pairs are errors
-    /// naming the target.
+    /// Rates for `format` with `activation_bits` over `tokens` tokens, for a `(rows, cols)`
+    /// weight matrix; illegal pairs are errors naming the target.
     fn execution(
         &self,
         format: &Format,
         activation_bits: Option<u32>,
         tokens: usize,
+        shape: (usize, usize),
     ) -> Result<Execution>;
     /// DRAM bandwidth, bytes/s.
     fn bandwidth(&self) -> Result<f64>;
@@ -126,6 +129,7 @@ impl Rates for Target {
         format: &Format,
         activation_bits: Option<u32>,
         _tokens: usize,
+        _shape: (usize, usize),
     ) -> Result<Execution> {
         let Legality { compute, .. } = self.legality(format, activation_bits)?;
         let peak = self
@@ -141,6 +145,7 @@ impl Rates for Target {
             support: self.check(format, activation_bits)?,
             macs_per_s: peak.value,
             overhead_s: overhead.value,
+            overhead_s_per_row: 0.0,
         })
     }
 
@@ -241,10 +246,12 @@ impl<'a> CostModel<'a> {
         a.format
             .check(rows, cols)
             .map_err(|m| target.illegal(format!("{}: {m}", a.shape.name)))?;
-        let ex = self.rates.execution(&a.format, a.activation_bits, tokens)?;
+        let weight_bytes = a.format.storage_bytes(rows, cols) as u64;
+        let ex = self
+            .rates
+            .execution(&a.format, a.activation_bits, tokens, (rows, cols))?;
         let weights = (rows * cols) as f64;
         let macs = tokens as u64 * (rows * cols) as u64;
-        let weight_bytes = a.format.storage_bytes(rows, cols) as u64;
         let act_width = match (a.activation_bits, ex.compute) {
             (Some(bits), _) => bits as u64 / 8,
             (None, Precision::Fp16) => 2,
@@ -276,7 +283,9 @@ impl<'a> CostModel<'a> {
             activation_bytes,
             compute_s,
             memory_s,
-            latency_s: ex.overhead_s + compute_s.max(memory_s),
+            latency_s: ex.overhead_s
+                + rows as f64 * ex.overhead_s_per_row
+                + compute_s.max(memory_s),
             bound: if compute_s >= memory_s {
                 Bound::Compute
             } else {

@@ -26,13 +26,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Calibration shapes (rows, cols): columns are multiples of 256 so every format can store them.
-pub const CALIBRATION_SHAPES: [(usize, usize); 5] = [
+/// Calibration shapes (rows, cols): columns are multiples of 256 so every format can store them,
+/// and every int format has at least three on each side of `SERIAL_GEMV_BYTES` (the decode fits
+/// have three terms), with several rows-to-columns ratios (for the per-row term).
+pub const CALIBRATION_SHAPES: [(usize, usize); 8] = [
     (64, 256),
+    (128, 512),
+    (512, 256),
     (256, 1024),
     (1024, 512),
     (1024, 1024),
     (2048, 1024),
+    (4096, 512),
 ];
 
 /// Token counts the prefill (GEMM) fit is measured at.
@@ -413,11 +418,14 @@ impl<'a> Timer<'a> {
     }
 }
 
-/// A fitted cost line: `t = overhead + w * unpack + T * w * s_per_mac`.
+/// A fitted cost line: `t = overhead + rows * per_row + w * unpack + T * w * s_per_mac`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Fit {
     /// Fixed seconds per call.
     pub overhead_s: f64,
+    /// Fixed seconds per output row (the kernels' per-row setup: scales, pointers, sums),
+    /// which the short rows of small models make visible.
+    pub overhead_s_per_row: f64,
     /// Seconds per weight unpacked once per call (emulated formats, prefill only).
     pub unpack_s_per_weight: f64,
     /// Seconds per multiply-accumulate.
@@ -427,9 +435,16 @@ pub struct Fit {
 /// Decode (GEMV) and prefill (GEMM) fits of one format.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct FormatFit {
-    /// One token: unpacking is fused into the GEMV's dot products, so it is inside `s_per_mac`.
+    /// One token, a matrix of fewer than `qpipe_kernels::SERIAL_GEMV_BYTES`: the GEMV runs on
+    /// the calling thread, with no thread to wake.
+    pub decode_serial: Fit,
+    /// One token, larger matrices (a parallel GEMV): unpacking is fused into the GEMV's dot
+    /// products, so it is inside `s_per_mac`.
     pub decode: Fit,
-    /// Several tokens.
+    /// Several tokens, fewer than `qpipe_kernels::SERIAL_GEMM_MACS` multiply-accumulates (a
+    /// GEMM on the calling thread).
+    pub prefill_serial: Fit,
+    /// Several tokens, larger (a parallel GEMM).
     pub prefill: Fit,
 }
 
@@ -511,6 +526,16 @@ pub struct Calibration {
     pub fits: BTreeMap<Format, FormatFit>,
 }
 
+/// Whether qpipe-kernels runs a matmul of `weight_bytes` packed bytes and `macs`
+/// multiply-accumulates over `tokens` tokens on the calling thread.
+fn kernel_is_serial(weight_bytes: usize, macs: usize, tokens: usize) -> bool {
+    if tokens == 1 {
+        weight_bytes < qpipe_kernels::SERIAL_GEMV_BYTES
+    } else {
+        macs < qpipe_kernels::SERIAL_GEMM_MACS
+    }
+}
+
 /// Calibration probes of `format`: every calibration shape at one token and at each
 /// calibration token count.
 fn calibration_probes(format: Format) -> Vec<Probe> {
@@ -557,29 +582,45 @@ fn calibrate_with(
     for (format, emulated) in legal {
         let ps = calibration_probes(format);
         let t = timer.medians(cache, &ps)?;
-        let fit_phase = |decode: bool| {
+        // Each phase splits where the kernels do (serial below SERIAL_GEMV_BYTES or
+        // SERIAL_GEMM_MACS); llama-cpp's matmul has no such split: all its probes count as
+        // parallel, and its serial fits are unused zeros.
+        let serial = |p: &Probe| {
+            timer.backend == Backend::Kernels
+                && kernel_is_serial(
+                    p.format.storage_bytes(p.rows, p.cols),
+                    p.tokens * p.rows * p.cols,
+                    p.tokens,
+                )
+        };
+        let fit_phase = |keep: &dyn Fn(&Probe) -> bool| {
             let (feats, ts): (Vec<Vec<f64>>, Vec<f64>) = ps
                 .iter()
                 .zip(&t)
-                .filter(|(p, _)| (p.tokens == 1) == decode)
+                .filter(|(p, _)| keep(p))
                 .map(|(p, &t)| {
                     let w = (p.rows * p.cols) as f64;
-                    let unpack = if emulated && !decode { w } else { 0.0 };
-                    (vec![1.0, unpack, p.tokens as f64 * w], t)
+                    let unpack = if emulated && p.tokens > 1 { w } else { 0.0 };
+                    (vec![1.0, p.rows as f64, unpack, p.tokens as f64 * w], t)
                 })
                 .unzip();
+            // llama-cpp has no serial decode probes: its unused serial fit is zero.
             let theta = fit_relative(&feats, &ts);
+            let th = |i: usize| theta.get(i).copied().unwrap_or(0.0);
             Fit {
-                overhead_s: theta[0],
-                unpack_s_per_weight: theta[1],
-                s_per_mac: theta[2],
+                overhead_s: th(0),
+                overhead_s_per_row: th(1),
+                unpack_s_per_weight: th(2),
+                s_per_mac: th(3),
             }
         };
         fits.insert(
             format,
             FormatFit {
-                decode: fit_phase(true),
-                prefill: fit_phase(false),
+                decode_serial: fit_phase(&|p| p.tokens == 1 && serial(p)),
+                decode: fit_phase(&|p| p.tokens == 1 && !serial(p)),
+                prefill_serial: fit_phase(&|p| p.tokens > 1 && serial(p)),
+                prefill: fit_phase(&|p| p.tokens > 1 && !serial(p)),
             },
         );
     }
@@ -608,13 +649,25 @@ impl Rates for Calibration {
         format: &Format,
         activation_bits: Option<u32>,
         tokens: usize,
+        (rows, cols): (usize, usize),
     ) -> Result<Execution> {
         let legal = self.target.legality(format, activation_bits)?;
         let fit = self.fits.get(format).ok_or_else(|| {
             self.target
                 .illegal(format!("{format} has not been calibrated on this machine"))
         })?;
-        let phase = if tokens == 1 { fit.decode } else { fit.prefill };
+        let serial = Backend::of(&self.target)? == Backend::Kernels
+            && kernel_is_serial(
+                format.storage_bytes(rows, cols),
+                tokens * rows * cols,
+                tokens,
+            );
+        let phase = match (tokens, serial) {
+            (1, true) => fit.decode_serial,
+            (1, false) => fit.decode,
+            (_, true) => fit.prefill_serial,
+            (_, false) => fit.prefill,
+        };
         Ok(Execution {
             compute: legal.compute,
             support: if legal.emulated {
@@ -626,6 +679,7 @@ impl Rates for Calibration {
             },
             macs_per_s: 1.0 / phase.s_per_mac.max(f64::MIN_POSITIVE),
             overhead_s: phase.overhead_s,
+            overhead_s_per_row: phase.overhead_s_per_row,
         })
     }
 

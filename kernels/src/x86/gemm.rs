@@ -2,12 +2,11 @@
 
 use std::marker::PhantomData;
 
-use rayon::prelude::*;
-
 use super::decode::{Decode, Shuf, D2, D4, D8};
 use super::isa::{Isa, Job};
-use super::{permute_x, pow2, row_base, shift_table, AlignedF32, Layout, Mode};
-use crate::matrix::PackedMatrix;
+use super::{group_params, permute_x, pow2, row_base, shift_table, AlignedF32, Layout, Mode};
+use crate::gemv::{for_chunks_init, gemm_is_serial};
+use crate::matrix::{PackedMatrix, Zeros};
 
 /// Rows per GEMM task (rows of the register tile).
 const GEMM_ROWS: usize = 4;
@@ -81,29 +80,31 @@ unsafe fn gemm_impl<S: Isa, D: Decode<S>>(
         inv: shift_table::<S, D>(|s| pow2(-s)),
     };
     let ng = w.n_groups();
-    yt.par_chunks_mut(GEMM_ROWS * batch)
-        .enumerate()
-        .for_each_init(
-            || GemmScratch::<S> {
-                wb: AlignedF32::zeros(GEMM_ROWS * cp),
-                acc: Vec::new(),
-                sf: vec![0f32; ng + 16],
-                zf: vec![0f32; ng + 16],
-            },
-            |s, (t, out)| {
-                let job = GemmTask::<S, D> {
-                    w,
-                    p: &prep,
-                    batch,
-                    r0: t * GEMM_ROWS,
-                    s,
-                    out,
-                    decoder: PhantomData,
-                };
-                // SAFETY: the caller guarantees the CPU features of `S`.
-                unsafe { S::enter(job) }
-            },
-        );
+    let serial = gemm_is_serial(w, batch);
+    for_chunks_init(
+        yt,
+        GEMM_ROWS * batch,
+        serial,
+        || GemmScratch::<S> {
+            wb: AlignedF32::zeros(GEMM_ROWS * cp),
+            acc: Vec::new(),
+            sf: vec![0f32; ng.next_multiple_of(16) + 16],
+            zf: vec![0f32; ng.next_multiple_of(16) + 16],
+        },
+        |s, (t, out)| {
+            let job = GemmTask::<S, D> {
+                w,
+                p: &prep,
+                batch,
+                r0: t * GEMM_ROWS,
+                s,
+                out,
+                decoder: PhantomData,
+            };
+            // SAFETY: the caller guarantees the CPU features of `S`.
+            unsafe { S::enter(job) }
+        },
+    );
 }
 
 /// Rows `r0 .. r0 + out.len() / batch` of the transposed output, all batch entries.
@@ -202,9 +203,18 @@ unsafe fn dequant_row<S: Isa, D: Decode<S>>(
     dst: &mut [f32],
 ) {
     let ng = w.n_groups();
-    for g in 0..ng {
-        sf[g] = w.scale(r, g);
-        zf[g] = f32::from(w.zeros().get(r, g, ng));
+    let (scales, zeros) = (&w.scales()[r * ng..], w.zeros());
+    let zrow = match zeros {
+        Zeros::PerGroup(z) => Some(&z[r * ng..]),
+        Zeros::Constant(_) => None,
+    };
+    let mut g = 0;
+    while g < ng {
+        let (s, z) = group_params::<S>(scales, zrow, g, ng);
+        S::store(sf.as_mut_ptr().add(g), s);
+        let z = z.unwrap_or_else(|| S::splat(f32::from(zeros.get(r, g, ng))));
+        S::store(zf.as_mut_ptr().add(g), z);
+        g += S::LANES;
     }
     let mut copy = Vec::new();
     let base = row_base::<S, D>(w, r, layout.blocks, &mut copy);
@@ -214,8 +224,8 @@ unsafe fn dequant_row<S: Isa, D: Decode<S>>(
         Mode::Bcast { .. } => S::splat_i(0),
     };
     for b in 0..layout.blocks {
-        // In the last block, lanes past the last group read the spare (zero) entries of `sf`
-        // and `zf`; their columns meet the zero padding of `x`.
+        // In the last block, lanes past the last group read entries of `sf` and `zf` past it
+        // (finite: the next row's, or zero); their columns meet the zero padding of `x`.
         let (s, z) = match layout.mode {
             Mode::Bcast { bpg } => (S::splat(sf[b / bpg]), S::splat(zf[b / bpg])),
             Mode::Lanes { gpb, .. } => (

@@ -3,12 +3,12 @@
 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
 use std::marker::PhantomData;
 
-use rayon::prelude::*;
-
 use super::decode::{Decode, Shuf, D2, D4, D8};
 use super::isa::{Isa, Job};
-use super::{permute_x, pow2, row_base, shift_table, AlignedF32, Layout, Mode, K_EXP};
-use crate::gemv::{group_sums, GEMV_ROW_BLOCK};
+use super::{
+    group_params, permute_x, pow2, row_base, shift_table, AlignedF32, Layout, Mode, K_EXP,
+};
+use crate::gemv::{for_row_blocks, group_sums};
 use crate::matrix::{PackedMatrix, Zeros};
 
 /// Minimum distance (bytes) GEMV prefetches ahead in a row's packed codes; the distance used is
@@ -107,8 +107,10 @@ unsafe fn group_dot<S: Isa, D: Decode<S>, const R: usize>(
 struct GemvPrep {
     /// `x` in decoder order, scaled by `2^(K - shift)`, zero-padded to whole blocks.
     xp: AlignedF32,
-    /// Per-group sums of `x`.
+    /// Per-group sums of `x`, then `LANES` zeros.
     xs: Vec<f32>,
+    /// Groups per row.
+    layout_groups: usize,
     layout: Layout,
     /// Prefetch distance in bytes (see [`PREFETCH_MIN`]).
     pf: usize,
@@ -137,23 +139,26 @@ unsafe fn gemv_impl<S: Isa, D: Decode<S>>(w: &PackedMatrix, x: &[f32], y: &mut [
     let pair = (GEMV_ROWS * w.row_bytes()).max(1);
     let prep = GemvPrep {
         xp,
-        xs: group_sums(w, x),
+        xs: {
+            let mut xs = group_sums(w, x);
+            xs.resize(xs.len() + S::LANES, 0.0);
+            xs
+        },
+        layout_groups: w.n_groups(),
         layout,
         pf: PREFETCH_MIN.div_ceil(pair) * pair,
     };
-    y.par_chunks_mut(GEMV_ROW_BLOCK)
-        .enumerate()
-        .for_each(|(blk, ys)| {
-            let job = RowBlock::<S, D> {
-                w,
-                prep: &prep,
-                r0: blk * GEMV_ROW_BLOCK,
-                ys,
-                isa: PhantomData,
-            };
-            // SAFETY: the caller guarantees the CPU features of `S`.
-            unsafe { S::enter(job) }
-        });
+    for_row_blocks(w, y, |r0, ys| {
+        let job = RowBlock::<S, D> {
+            w,
+            prep: &prep,
+            r0,
+            ys,
+            isa: PhantomData,
+        };
+        // SAFETY: the caller guarantees the CPU features of `S`.
+        unsafe { S::enter(job) }
+    });
 }
 
 /// Outputs `r0 .. r0 + ys.len()` of `W x`, `GEMV_ROWS` at a time.
@@ -196,9 +201,10 @@ unsafe fn rows_dot<S: Isa, D: Decode<S>, const R: usize>(
     let mut zrows: [Option<&[u8]>; R] = [None; R];
     for (i, (&r, copy)) in rows.iter().zip(&mut copies).enumerate() {
         bases[i] = row_base::<S, D>(w, r, blocks, copy);
-        scales[i] = &w.scales()[r * ng..(r + 1) * ng];
+        // From the row's first group to the end of the matrix (see `blocks_dot`).
+        scales[i] = &w.scales()[r * ng..];
         if let Zeros::PerGroup(z) = w.zeros() {
-            zrows[i] = Some(&z[r * ng..(r + 1) * ng]);
+            zrows[i] = Some(&z[r * ng..]);
         }
     }
     // The next rows' scales and zeros are read at the start of each chunk of groups, before
@@ -235,7 +241,7 @@ unsafe fn blocks_dot<S: Isa, D: Decode<S>, const R: usize>(
     p: &GemvPrep,
 ) -> [(f32, f32); R] {
     let lanes = S::LANES;
-    let ng = scales[0].len();
+    let ng = p.layout_groups;
     let blocks = p.layout.blocks;
     let xp = p.xp.as_slice().as_ptr();
     let pf = p.pf;
@@ -244,36 +250,26 @@ unsafe fn blocks_dot<S: Isa, D: Decode<S>, const R: usize>(
     // hidden.
     let mut acc = [S::zero(); R];
     let mut zt = [S::zero(); R];
-    let mut zt_tail = [0f32; R];
-    // Sixteen spare entries: a `Lanes` block reads `LANES` scales from its first group on (the
-    // lanes past the last group multiply exact zeros).
+    // Sixteen spare entries: the last groups are converted a full vector at a time, and a
+    // `Lanes` block reads `LANES` scales from its first group on (the lanes past the last
+    // group multiply exact zeros).
     let mut sbuf = [[0f32; SCALE_CHUNK + 16]; R];
     let mut g0 = 0;
     while g0 < ng {
         let gc = (ng - g0).min(SCALE_CHUNK);
-        // Scales of this chunk of groups to f32, and their share of the zero term.
+        // Scales of this chunk of groups to f32, and their share of the zero term, a vector of
+        // groups at a time (lanes past the last group meet the zero padding of `xs`).
         for r in 0..R {
-            let (scales, zrow, sbuf) = (scales[r], zrows[r], &mut sbuf[r]);
             let mut i = 0;
-            while i + lanes <= gc {
-                let s = S::load_f16(scales.as_ptr().add(g0 + i));
-                S::store(sbuf.as_mut_ptr().add(i), s);
+            while i < gc {
+                let (s, z) = group_params::<S>(scales[r], zrows[r], g0 + i, ng);
+                S::store(sbuf[r].as_mut_ptr().add(i), s);
                 let sx = S::mul(s, S::load(xs.add(g0 + i)));
-                zt[r] = match zrow {
-                    Some(z) => S::fmadd(sx, S::load_u8(z.as_ptr().add(g0 + i)), zt[r]),
+                zt[r] = match z {
+                    Some(z) => S::fmadd(sx, z, zt[r]),
                     None => S::add(sx, zt[r]),
                 };
                 i += lanes;
-            }
-            while i < gc {
-                let s = half::f16::from_bits(scales[g0 + i]).to_f32();
-                sbuf[i] = s;
-                let sx = s * *xs.add(g0 + i);
-                zt_tail[r] += match zrow {
-                    Some(z) => sx * f32::from(z[g0 + i]),
-                    None => sx,
-                };
-                i += 1;
             }
         }
         match p.layout.mode {
@@ -318,7 +314,7 @@ unsafe fn blocks_dot<S: Isa, D: Decode<S>, const R: usize>(
     }
     let mut out = [(0f32, 0f32); R];
     for r in 0..R {
-        out[r] = (S::hsum(acc[r]) * pow2(-K_EXP), S::hsum(zt[r]) + zt_tail[r]);
+        out[r] = (S::hsum(acc[r]) * pow2(-K_EXP), S::hsum(zt[r]));
     }
     out
 }

@@ -1,12 +1,15 @@
 //! Measured targets: `host` times qpipe-kernels' packed GEMV (decode) and GEMM (prefill), and
 //! `llama-cpp` times candle's quantized matmul (llama.cpp's block formats), on this machine.
 //!
-//! A [`Calibration`] fits, per format, `t = overhead + w * unpack + T * w / rate` (w weights, T
-//! tokens; the unpack term only for emulated formats) by least relative squares to medians over
-//! calibration shapes distinct from any model's, separately for decode (T = 1, the GEMV path)
-//! and prefill (T > 1, the GEMM path), and measures the read bandwidth of a buffer larger than
-//! the last-level cache. The cost model then predicts a model's own shapes from those fits, and
-//! [`validate`] measures the same shapes to report the error.
+//! A [`Calibration`] fits, per format, `t = overhead + rows * per_row + w * unpack + T * w /
+//! rate` (w weights, T tokens; the unpack term only for emulated formats) by least relative
+//! squares to medians over calibration shapes distinct from any model's, separately for decode
+//! (T = 1, the GEMV path) and prefill (T > 1, the GEMM path), and within each for the matmuls
+//! qpipe-kernels runs on the calling thread and those it splits over threads (whose wake-up
+//! is in the overhead). It also measures the read bandwidth of a buffer larger than the
+//! last-level cache, used only for weights that do not fit in that cache. The cost model then
+//! predicts a model's own shapes from those fits, and [`validate`] measures the same shapes to
+//! report the error.
 //!
 //! Timings are medians of interleaved rounds (every probe once per round, each timed call
 //! preceded by an untimed one), so that probes measured together see the same machine load.

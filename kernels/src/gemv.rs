@@ -88,7 +88,7 @@ pub(crate) fn for_row_blocks(
     let block = (GEMV_TASK_BYTES / w.row_bytes().max(1))
         .next_multiple_of(16)
         .max(16);
-    let serial = w.storage_bytes() < SERIAL_GEMV_BYTES;
+    let serial = gemv_runs_serially(w.storage_bytes());
     for_chunks_init(y, block, serial, || (), |_, (i, ys)| f(i * block, ys));
 }
 
@@ -96,9 +96,20 @@ pub(crate) fn for_row_blocks(
 /// reason as [`SERIAL_GEMV_BYTES`] (about 50 us of work on one core).
 pub const SERIAL_GEMM_MACS: usize = 2 << 20;
 
+/// Whether a GEMV over `packed_bytes` of packed matrix runs on the calling thread (the cost
+/// model asks too, to choose its fit).
+pub fn gemv_runs_serially(packed_bytes: usize) -> bool {
+    packed_bytes < SERIAL_GEMV_BYTES
+}
+
+/// Whether a GEMM of `macs` multiply-accumulates runs on the calling thread.
+pub fn gemm_runs_serially(macs: usize) -> bool {
+    macs < SERIAL_GEMM_MACS
+}
+
 /// Whether `Y = X W^T` over `batch` rows runs on the calling thread.
 pub(crate) fn gemm_is_serial(w: &PackedMatrix, batch: usize) -> bool {
-    batch.saturating_mul(w.rows()).saturating_mul(w.cols()) < SERIAL_GEMM_MACS
+    gemm_runs_serially(batch.saturating_mul(w.rows()).saturating_mul(w.cols()))
 }
 
 /// `f(state, (index, chunk))` over the `chunk`-sized pieces of `out` with per-task state from

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Calibration shapes (rows, cols): columns are multiples of 256 so every format can store them,
-/// and every int format has at least three on each side of `SERIAL_GEMV_BYTES` (the decode fits
+/// and every int format has at least three on each side of `qpipe_kernels::gemv::SERIAL_GEMV_BYTES` (the decode fits
 /// have three terms), with several rows-to-columns ratios (for the per-row term).
 pub const CALIBRATION_SHAPES: [(usize, usize); 8] = [
     (64, 256),
@@ -438,13 +438,13 @@ pub struct Fit {
 /// Decode (GEMV) and prefill (GEMM) fits of one format.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct FormatFit {
-    /// One token, a matrix of fewer than `qpipe_kernels::SERIAL_GEMV_BYTES`: the GEMV runs on
+    /// One token, a matrix of fewer than `qpipe_kernels::gemv::SERIAL_GEMV_BYTES`: the GEMV runs on
     /// the calling thread, with no thread to wake.
     pub decode_serial: Fit,
     /// One token, larger matrices (a parallel GEMV): unpacking is fused into the GEMV's dot
     /// products, so it is inside `s_per_mac`.
     pub decode: Fit,
-    /// Several tokens, fewer than `qpipe_kernels::SERIAL_GEMM_MACS` multiply-accumulates (a
+    /// Several tokens, fewer than `qpipe_kernels::gemv::SERIAL_GEMM_MACS` multiply-accumulates (a
     /// GEMM on the calling thread).
     pub prefill_serial: Fit,
     /// Several tokens, larger (a parallel GEMM).
@@ -533,9 +533,9 @@ pub struct Calibration {
 /// multiply-accumulates over `tokens` tokens on the calling thread.
 fn kernel_is_serial(weight_bytes: usize, macs: usize, tokens: usize) -> bool {
     if tokens == 1 {
-        weight_bytes < qpipe_kernels::SERIAL_GEMV_BYTES
+        qpipe_kernels::gemv_runs_serially(weight_bytes)
     } else {
-        macs < qpipe_kernels::SERIAL_GEMM_MACS
+        qpipe_kernels::gemm_runs_serially(macs)
     }
 }
 

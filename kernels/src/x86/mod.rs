@@ -145,7 +145,8 @@ unsafe fn group_params<S: Isa>(
         let z = zeros.map(|z| S::load_u8(z.as_ptr().add(g)));
         (S::load_f16(scales.as_ptr().add(g)), z)
     } else {
-        let n = ng.min(scales.len()) - g;
+        // `scales` runs to the end of the matrix, so it holds all `ng` groups of the row.
+        let n = ng - g;
         let (mut sp, mut zp) = ([0u16; 16], [0u8; 16]);
         sp[..n].copy_from_slice(&scales[g..g + n]);
         let z = zeros.map(|z| {

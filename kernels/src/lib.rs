@@ -13,8 +13,8 @@ mod x86;
 
 pub use error::KernelError;
 pub use gemv::{
-    gemm, gemm_runs_serially, gemm_scalar, gemm_with, gemv, gemv_runs_serially, gemv_scalar,
-    gemv_with, Backend,
+    covered_cols, gemm, gemm_runs_serially, gemm_scalar, gemm_with, gemv, gemv_runs_serially,
+    gemv_scalar, gemv_with, Backend,
 };
 pub use matrix::{PackedMatrix, Zeros};
 pub use pack::{pack, packed_len, unpack, SUPPORTED_BITS};

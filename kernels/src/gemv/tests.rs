@@ -223,6 +223,28 @@ fn backend_detection() {
 }
 
 #[test]
+fn covered_cols_rounds_rows_up_to_whole_blocks() {
+    for bits in SUPPORTED_BITS {
+        for cols in [1, 31, 384, 576, 640, 4096] {
+            let covered = covered_cols(bits, 32.min(cols), cols);
+            // A block is at most 256 codes (2-bit codes at AVX-512 width).
+            assert!(covered >= cols && covered < cols + 256, "{bits} {cols}");
+        }
+    }
+    // INT2 g32, INT4 g32, INT8 per channel, INT3 g64 at 384 and 576 columns.
+    let got = [(2, 32, 384), (4, 32, 576), (8, 576, 576), (3, 64, 576)]
+        .map(|(bits, group, cols)| covered_cols(bits, group, cols));
+    let want = match Backend::detect() {
+        // Blocks of 256, 128, 64 and 64 codes.
+        Backend::Avx512 => [512, 640, 576, 576],
+        // Blocks of 128, 64, 32 and 32 codes.
+        Backend::Avx2 => [384, 576, 576, 576],
+        Backend::Scalar => [384, 576, 576, 576],
+    };
+    assert_eq!(got, want);
+}
+
+#[test]
 fn gemv_all_formats_match_reference() {
     let mut seed = 1;
     for bits in SUPPORTED_BITS {

@@ -56,13 +56,18 @@ struct Layout {
 impl Layout {
     /// The layout, or `None` when groups and blocks do not nest (no standard format).
     fn new<S: Isa, D: Decode<S>>(w: &PackedMatrix) -> Option<Layout> {
-        let (gs, ng) = (w.group_size(), w.n_groups());
-        let blocks = w.cols().div_ceil(D::CODES);
+        Self::of::<S, D>(w.cols(), w.group_size())
+    }
+
+    /// The layout of rows of `cols` codes in groups of `gs` (> 0).
+    fn of<S: Isa, D: Decode<S>>(cols: usize, gs: usize) -> Option<Layout> {
+        let ng = cols.div_ceil(gs);
+        let blocks = cols.div_ceil(D::CODES);
         let mode = if ng <= 1 {
             Mode::Bcast { bpg: blocks.max(1) }
-        } else if gs % D::CODES == 0 {
+        } else if gs.is_multiple_of(D::CODES) {
             Mode::Bcast { bpg: gs / D::CODES }
-        } else if D::CODES % gs == 0 && gs % D::NV == 0 {
+        } else if D::CODES % gs == 0 && gs.is_multiple_of(D::NV) {
             let mut idx = [0i32; 16];
             for (j, v) in idx.iter_mut().enumerate().take(S::LANES) {
                 *v = ((D::NV * j) / gs) as i32;
@@ -80,6 +85,22 @@ impl Layout {
     /// Columns covered by the blocks (at least `cols`).
     fn padded_cols<S: Isa, D: Decode<S>>(&self) -> usize {
         self.blocks * D::CODES
+    }
+}
+
+/// Columns per row the vector code at width `S` works through (see
+/// [`crate::gemv::covered_cols`]); `cols` where the portable code runs.
+pub(crate) fn covered_cols<S: Isa>(bits: u32, group_size: usize, cols: usize) -> usize {
+    fn of<S: Isa, D: Decode<S>>(group_size: usize, cols: usize) -> usize {
+        Layout::of::<S, D>(cols, group_size.max(1)).map_or(cols, |l| l.padded_cols::<S, D>())
+    }
+    match bits {
+        2 => of::<S, decode::D2>(group_size, cols),
+        3 => of::<S, decode::Shuf<3>>(group_size, cols),
+        4 => of::<S, decode::D4>(group_size, cols),
+        5 => of::<S, decode::Shuf<5>>(group_size, cols),
+        6 => of::<S, decode::Shuf<6>>(group_size, cols),
+        _ => of::<S, decode::D8>(group_size, cols),
     }
 }
 

@@ -168,3 +168,46 @@ fn latency_is_monotone_in_bytes_for_memory_bound_shapes() {
         }
     }
 }
+
+#[test]
+fn a_measured_target_prints_its_validation_as_json() {
+    // Fits are keyed by format, and JSON keys must be strings: before they were written by
+    // name, `--json` printed an empty document (and exit 0) for `host` and `llama-cpp`.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("measurements.json");
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let (code, out, err) = qpipe(&[
+        "targets",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--format",
+        "int8-channel-sym",
+        "--target",
+        "host",
+        "--tokens",
+        "8",
+        "--cache",
+        cache.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let validation = &v[0]["validation"];
+    let fit = &validation["calibration"]["fits"]["int8-channel-sym"]["prefill"];
+    assert!(fit["s_per_mac"].as_f64().unwrap() > 0.0, "{fit}");
+    // The tiny model's four distinct shapes, each at one token and at eight.
+    let checks = validation["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 8, "{validation}");
+    for c in checks {
+        let (p, m) = (
+            c["predicted_s"].as_f64().unwrap(),
+            c["measured_s"].as_f64().unwrap(),
+        );
+        assert!(p > 0.0 && m > 0.0, "{c}");
+        assert!(
+            (c["error"].as_f64().unwrap() - (p / m - 1.0)).abs() < 1e-9,
+            "{c}"
+        );
+    }
+    assert!(cache.is_file(), "the measurements are cached");
+}

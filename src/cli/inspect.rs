@@ -126,9 +126,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let checkpoint = Checkpoint::open(&args.model)?;
     let report = report(&checkpoint, args.stats)?;
     let text = if args.json {
-        let mut s = serde_json::to_string_pretty(&report).unwrap_or_default();
-        s.push('\n');
-        s
+        super::json_text(&report)?
     } else {
         render(&report)
     };

@@ -105,3 +105,11 @@ pub(crate) fn load_tokens(
 pub(crate) fn stdout_error(e: std::io::Error) -> Error {
     Error::io(Path::new("<stdout>"))(e)
 }
+
+/// `value` as pretty JSON with a final newline, for stdout; a value JSON cannot encode is an
+/// error, not an empty document.
+pub(crate) fn json_text<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value)
+        .map(|s| s + "\n")
+        .map_err(|e| Error::invalid(Path::new("<stdout>"), format!("cannot encode JSON: {e}")))
+}

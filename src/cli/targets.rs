@@ -67,23 +67,17 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         (Some(model), Some(format)) => {
             let estimates = estimate(args, model, format, &targets)?;
             if args.json {
-                json(&estimates)
+                super::json_text(&estimates)?
             } else {
                 render_estimates(&estimates, model, format, args)
             }
         }
-        _ if args.json => json(&targets),
+        _ if args.json => super::json_text(&targets)?,
         _ => targets.iter().map(render_target).collect(),
     };
     out.write_all(text.as_bytes())
         .map_err(super::stdout_error)?;
     Ok(0)
-}
-
-fn json<T: Serialize>(value: &T) -> String {
-    let mut s = serde_json::to_string_pretty(value).unwrap_or_default();
-    s.push('\n');
-    s
 }
 
 fn estimate(

@@ -526,7 +526,16 @@ pub struct Calibration {
     /// What was measured on (CPU model, threads).
     pub machine: String,
     /// Fits per format.
+    #[serde(serialize_with = "by_name")]
     pub fits: BTreeMap<Format, FormatFit>,
+}
+
+/// A map keyed by format, serialized under the formats' names: JSON keys must be strings.
+fn by_name<S: serde::Serializer>(
+    fits: &BTreeMap<Format, FormatFit>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_map(fits.iter().map(|(f, fit)| (f.to_string(), fit)))
 }
 
 /// Whether qpipe-kernels runs a matmul of `weight_bytes` packed bytes and `macs`

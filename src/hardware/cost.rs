@@ -2,7 +2,8 @@
 //! tokens and one decode step. Everything here is an estimate from a target's parameters.
 //!
 //! Per matmul `W [rows x cols]` over `T` tokens:
-//! - compute = `T * rows * cols / peak(precision)` + `rows * cols * unpack` (emulated formats),
+//! - compute = `T * rows * cols / peak(precision)` + `rows * cols * unpack` (emulated formats)
+//!   + `T * (rows * per_output + cols * per_input)` (measured targets; 0 in profiles),
 //! - memory  = (packed weight bytes + `T * (rows + cols)` activation bytes) / bandwidth,
 //! - latency = per-matmul overhead + max(compute, memory),
 //! - energy  = MACs x energy per MAC at the precision + bytes moved x energy per DRAM byte.
@@ -85,6 +86,10 @@ pub struct Execution {
     pub overhead_s: f64,
     /// Fixed seconds per output row (a measured kernel's per-row setup; 0 in profiles).
     pub overhead_s_per_row: f64,
+    /// Seconds per output value (row x token) beyond the MACs (measured; 0 in profiles).
+    pub s_per_output: f64,
+    /// Seconds per input value (column x token) beyond the MACs (measured; 0 in profiles).
+    pub s_per_input: f64,
 }
 
 /// Where a cost model gets its rates: a target's published profile, or measurements.
@@ -146,6 +151,8 @@ impl Rates for Target {
             macs_per_s: peak.value,
             overhead_s: overhead.value,
             overhead_s_per_row: 0.0,
+            s_per_output: 0.0,
+            s_per_input: 0.0,
         })
     }
 
@@ -184,7 +191,7 @@ pub struct MatmulCost {
     pub weight_bytes: u64,
     /// Input + output activation bytes.
     pub activation_bytes: u64,
-    /// Seconds of compute (MACs + unpacking).
+    /// Seconds of compute (MACs, unpacking, per-value work).
     pub compute_s: f64,
     /// Seconds of memory traffic.
     pub memory_s: f64,
@@ -264,7 +271,9 @@ impl<'a> CostModel<'a> {
                 unpack_s_per_weight,
             } => unpack_s_per_weight * weights,
         };
-        let compute_s = macs as f64 / ex.macs_per_s + unpack;
+        let per_value =
+            tokens as f64 * (rows as f64 * ex.s_per_output + cols as f64 * ex.s_per_input);
+        let compute_s = macs as f64 / ex.macs_per_s + unpack + per_value;
         let memory_s = self
             .rates
             .memory_s(weight_bytes, weight_bytes + activation_bytes)?;

@@ -2,7 +2,8 @@
 //! `llama-cpp` times candle's quantized matmul (llama.cpp's block formats), on this machine.
 //!
 //! A [`Calibration`] fits, per format, `t = overhead + rows * per_row + w * unpack + T * w /
-//! rate` (w weights, T tokens; the unpack term only for emulated formats) by least relative
+//! rate + T * (rows * per_output + cols * per_input)` (w weights, T tokens; the unpack and
+//! per-value terms for prefill only, unpack only for emulated formats) by least relative
 //! squares to medians over calibration shapes distinct from any model's, separately for decode
 //! (T = 1, the GEMV path) and prefill (T > 1, the GEMM path), and within each for the matmuls
 //! qpipe-kernels runs on the calling thread and those it splits over threads (whose wake-up
@@ -13,6 +14,8 @@
 //!
 //! Timings are medians of interleaved rounds (every probe once per round, each timed call
 //! preceded by an untimed one), so that probes measured together see the same machine load.
+//! They are taken on a thread of rayon's pool, which does its share of each matmul as an
+//! inference loop's thread would; see [`Timer::medians`].
 //! Medians are cached in a JSON file keyed by CPU model, thread count, backend, format, shape
 //! and token count, written atomically.
 
@@ -29,9 +32,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Calibration shapes (rows, cols): columns are multiples of 256 so every format can store them,
-/// and every int format has at least three on each side of `qpipe_kernels::gemv::SERIAL_GEMV_BYTES` (the decode fits
-/// have three terms), with several rows-to-columns ratios (for the per-row term).
+/// Calibration shapes (rows, cols): columns are multiples of 256, so every format can store
+/// them and no row ends in a padded block; every int format has at least three on each side of
+/// `qpipe_kernels::gemv::SERIAL_GEMV_BYTES` (the decode fits have three terms), with several
+/// rows-to-columns ratios (for the per-row term).
 pub const CALIBRATION_SHAPES: [(usize, usize); 8] = [
     (64, 256),
     (128, 512),
@@ -43,8 +47,11 @@ pub const CALIBRATION_SHAPES: [(usize, usize); 8] = [
     (4096, 512),
 ];
 
-/// Token counts the prefill (GEMM) fit is measured at.
-pub const CALIBRATION_TOKENS: [usize; 2] = [8, 64];
+/// Token counts the prefill (GEMM) fit is measured at: three, from a few tokens to many, so
+/// that the per-output and per-input terms separate from the per-weight ones. Fitted offline
+/// to 363 (shape, tokens) timings of this machine, 8 and 64 tokens without those terms
+/// predicted the model shapes at 32 tokens up to 29% high (int4); these with them, 15%.
+pub const CALIBRATION_TOKENS: [usize; 3] = [4, 16, 64];
 
 /// Interleaved rounds per timing session; the median is reported.
 const ROUNDS: usize = 15;
@@ -361,6 +368,11 @@ impl<'a> Timer<'a> {
 
     /// Median seconds per probe: cached ones are reused, the others are measured together in
     /// interleaved rounds and added to the cache.
+    ///
+    /// The rounds run on a thread of rayon's pool, as a matmul in an inference loop would: a
+    /// caller outside the pool sleeps through every call and is woken after it, a third thread
+    /// on a 2-core machine, and its wake-up made a 1536x576 GEMV take 55 us instead of 21 us in
+    /// some orders of the probes and not in others.
     fn medians(&self, cache: &mut Cache, probes: &[Probe]) -> Result<Vec<f64>> {
         let name = &self.target.name;
         let mut missing: Vec<(String, Job, Vec<f64>)> = Vec::new();
@@ -371,11 +383,14 @@ impl<'a> Timer<'a> {
             }
         }
         if !missing.is_empty() {
-            for _ in 0..ROUNDS {
-                for (_, job, times) in &mut missing {
-                    times.push(job.time_once(name)?);
+            rayon::scope(|_| {
+                for _ in 0..ROUNDS {
+                    for (_, job, times) in &mut missing {
+                        times.push(job.time_once(name)?);
+                    }
                 }
-            }
+                Ok::<_, Error>(())
+            })?;
             for (key, _, times) in missing {
                 cache.medians_s.insert(key, median(times));
             }
@@ -421,7 +436,8 @@ impl<'a> Timer<'a> {
     }
 }
 
-/// A fitted cost line: `t = overhead + rows * per_row + w * unpack + T * w * s_per_mac`.
+/// A fitted cost line: `t = overhead + rows * per_row + w * unpack + T * w * s_per_mac +
+/// T * (rows * s_per_output + cols * s_per_input)`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Fit {
     /// Fixed seconds per call.
@@ -433,6 +449,12 @@ pub struct Fit {
     pub unpack_s_per_weight: f64,
     /// Seconds per multiply-accumulate.
     pub s_per_mac: f64,
+    /// Seconds per output value (row x token), prefill only: GEMM sums each output's lanes
+    /// and transposes it into place, a cost the per-MAC rate misprices for short rows.
+    pub s_per_output: f64,
+    /// Seconds per input value (column x token), prefill only: the input is copied into the
+    /// kernels' column order.
+    pub s_per_input: f64,
 }
 
 /// Decode (GEMV) and prefill (GEMM) fits of one format.
@@ -548,6 +570,17 @@ fn kernel_is_serial(weight_bytes: usize, macs: usize, tokens: usize) -> bool {
     }
 }
 
+/// Columns per row `backend` works through for `format`: qpipe-kernels round rows up to whole
+/// blocks ([`qpipe_kernels::covered_cols`]); candle's are taken as `cols`.
+fn covered_cols(backend: Backend, format: &Format, cols: usize) -> usize {
+    match (backend, format) {
+        (Backend::Kernels, Format::Int(f)) => {
+            qpipe_kernels::covered_cols(f.bits, f.granularity.group_len(cols), cols)
+        }
+        _ => cols,
+    }
+}
+
 /// Calibration probes of `format`: every calibration shape at one token and at each
 /// calibration token count.
 fn calibration_probes(format: Format) -> Vec<Probe> {
@@ -611,9 +644,22 @@ fn calibrate_with(
                 .zip(&t)
                 .filter(|(p, _)| keep(p))
                 .map(|(p, &t)| {
-                    let w = (p.rows * p.cols) as f64;
+                    let cols = covered_cols(timer.backend, &p.format, p.cols);
+                    let w = (p.rows * cols) as f64;
+                    let tokens = p.tokens as f64;
                     let unpack = if emulated && p.tokens > 1 { w } else { 0.0 };
-                    (vec![1.0, p.rows as f64, unpack, p.tokens as f64 * w], t)
+                    // At one token the per-output term is the per-row one, and a per-input
+                    // term fitted no better than the noise: decode fits have neither.
+                    let per_value = |n: usize| if p.tokens > 1 { tokens * n as f64 } else { 0.0 };
+                    let features = vec![
+                        1.0,
+                        p.rows as f64,
+                        unpack,
+                        tokens * w,
+                        per_value(p.rows),
+                        per_value(cols),
+                    ];
+                    (features, t)
                 })
                 .unzip();
             // llama-cpp has no serial decode probes: its unused serial fit is zero.
@@ -624,6 +670,8 @@ fn calibrate_with(
                 overhead_s_per_row: th(1),
                 unpack_s_per_weight: th(2),
                 s_per_mac: th(3),
+                s_per_output: th(4),
+                s_per_input: th(5),
             }
         };
         fits.insert(
@@ -668,7 +716,8 @@ impl Rates for Calibration {
             self.target
                 .illegal(format!("{format} has not been calibrated on this machine"))
         })?;
-        let serial = Backend::of(&self.target)? == Backend::Kernels
+        let backend = Backend::of(&self.target)?;
+        let serial = backend == Backend::Kernels
             && kernel_is_serial(
                 format.storage_bytes(rows, cols),
                 tokens * rows * cols,
@@ -680,18 +729,23 @@ impl Rates for Calibration {
             (_, true) => fit.prefill_serial,
             (_, false) => fit.prefill,
         };
+        // The fits count the columns the kernels work through; the cost model counts real
+        // ones, so per-column rates carry the padding of a row's last block.
+        let pad = covered_cols(backend, format, cols) as f64 / cols.max(1) as f64;
         Ok(Execution {
             compute: legal.compute,
             support: if legal.emulated {
                 Support::Emulated {
-                    unpack_s_per_weight: phase.unpack_s_per_weight,
+                    unpack_s_per_weight: phase.unpack_s_per_weight * pad,
                 }
             } else {
                 Support::Native
             },
-            macs_per_s: 1.0 / phase.s_per_mac.max(f64::MIN_POSITIVE),
+            macs_per_s: 1.0 / (phase.s_per_mac * pad).max(f64::MIN_POSITIVE),
             overhead_s: phase.overhead_s,
             overhead_s_per_row: phase.overhead_s_per_row,
+            s_per_output: phase.s_per_output,
+            s_per_input: phase.s_per_input * pad,
         })
     }
 

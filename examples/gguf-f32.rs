@@ -12,7 +12,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: gguf-f32 MODEL_DIR OUT.gguf");
     };
     let checkpoint = qpipe::checkpoint::Checkpoint::open(model)?;
-    let written = qpipe::export::gguf::write(
+    let written = qpipe::gguf::writer::write(
         &checkpoint,
         &HashMap::new(),
         &HashMap::new(),

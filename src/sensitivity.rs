@@ -13,10 +13,10 @@
 
 use crate::calib::Stats;
 use crate::error::{Error, Result};
-pub use crate::eval::baseline::Metric;
-use crate::eval::baseline::{batch, Baseline};
 use crate::model::{Model, QLinear, Swap};
 use crate::quant::{Calibrator, Format};
+pub use crate::reference::Metric;
+use crate::reference::{batch, Baseline};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

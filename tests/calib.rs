@@ -4,10 +4,10 @@
 
 use qpipe::calib::{self, Stats};
 use qpipe::checkpoint::Checkpoint;
-use qpipe::eval::metrics::compare_logits;
 use qpipe::model::llama::sequence_logits;
 use qpipe::model::{Model, Recorder};
 use qpipe::quant::Calibrator;
+use qpipe::reference::metrics::compare_logits;
 use std::path::Path;
 use std::sync::Arc;
 

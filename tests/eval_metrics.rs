@@ -3,7 +3,7 @@
 mod common;
 
 use common::synthetic::normal_values;
-use qpipe::eval::{compare_embeddings, compare_logits, perplexity};
+use qpipe::reference::{compare_embeddings, compare_logits, perplexity};
 
 #[test]
 fn hand_computed_two_token_example() {

@@ -1,4 +1,4 @@
-//! `export::gguf::write` on the committed demo model (models/tiny: Llama, 4 layers, hidden 256,
+//! `gguf::writer::write` on the committed demo model (models/tiny: Llama, 4 layers, hidden 256,
 //! ffn 640, vocab 2048, tied): read back by candle's GGUF reader and by llama.cpp's own Python
 //! reader (PyPI `gguf`), imported back to HF weights equal to the fake-quantized originals, and
 //! one-line errors that leave no file behind.
@@ -10,7 +10,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 use common::{gguf_name, llama_cpp_permute};
 use qpipe::checkpoint::Checkpoint;
-use qpipe::export::gguf::{write, Written};
+use qpipe::gguf::writer::{write, Written};
 use qpipe::quant::{fake_quantize, Calibrator, Format, GgufType};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -19,7 +19,7 @@ fn gguf_path() -> Option<PathBuf> {
 fn smollm2(path: &Path) -> Tokenizer {
     let mut file = std::fs::File::open(path).expect("open the GGUF file");
     let content = Content::read(&mut file).expect("read the GGUF header");
-    qpipe::import::tokenizer::from_gguf(&content, path).expect("rebuild the tokenizer")
+    qpipe::gguf::tokenizer::from_gguf(&content, path).expect("rebuild the tokenizer")
 }
 
 fn repo_file(relative: &str) -> String {

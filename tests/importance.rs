@@ -8,10 +8,10 @@ mod common;
 
 use qpipe::calib;
 use qpipe::checkpoint::Checkpoint;
-use qpipe::eval::metrics::compare_embeddings;
 use qpipe::model::llama::sequence_logits;
 use qpipe::model::Model;
 use qpipe::quant::Calibrator;
+use qpipe::reference::metrics::compare_embeddings;
 use std::path::Path;
 
 /// Every linear of `model` in `format`, calibrated by mse, weighted by the importance from

@@ -4,8 +4,8 @@
 mod common;
 
 use qpipe::checkpoint::Checkpoint;
-use qpipe::eval::metrics::perplexity;
 use qpipe::model::llama::{sequence_logits, Llama};
+use qpipe::reference::metrics::perplexity;
 use std::path::Path;
 
 fn eval_tokens(dir: &Path, n: usize) -> Vec<u32> {

@@ -4,9 +4,9 @@
 
 use qpipe::calib;
 use qpipe::checkpoint::Checkpoint;
-use qpipe::eval::baseline::{batch, Baseline};
 use qpipe::model::Model;
 use qpipe::quant::{Calibrator, Format};
+use qpipe::reference::{batch, Baseline};
 use qpipe::search::fitness::Evaluator;
 use qpipe::search::genome::{Genome, Space};
 use qpipe::search::{self, Constraints, Costs, Outcome, Settings};

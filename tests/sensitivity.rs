@@ -7,10 +7,10 @@ mod common;
 
 use qpipe::calib::{self, Stats};
 use qpipe::checkpoint::Checkpoint;
-use qpipe::eval::metrics::compare_logits;
 use qpipe::model::llama::sequence_logits;
 use qpipe::model::Model;
 use qpipe::quant::{Calibrator, Format};
+use qpipe::reference::metrics::compare_logits;
 use qpipe::sensitivity::{self, Options, Sensitivity};
 use std::path::{Path, PathBuf};
 

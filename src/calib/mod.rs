@@ -6,8 +6,6 @@
 //! Everything is accumulated in a fixed order (sequences in order, one forward at a time), so
 //! the statistics are identical whatever the thread count.
 
-pub mod reference;
-
 use crate::checkpoint::write::write_atomic;
 use crate::error::{Error, Result};
 use crate::model::{ActivationObserver, Model, QLinear};
@@ -18,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-pub use reference::TopK;
+use crate::reference::TopK;
 
 /// Version of the statistics file layout.
 const FORMAT_VERSION: u32 = 1;

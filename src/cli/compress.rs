@@ -6,13 +6,14 @@ use crate::checkpoint::write::write_atomic;
 use crate::checkpoint::Checkpoint;
 use crate::cli::{default_seq_len, load_tokens, stdout_error};
 use crate::error::{Error, Result};
-use crate::eval::baseline::{batch, Baseline};
 use crate::eval::{compare_all, Comparison, Variant};
 use crate::export::gguf;
-use crate::export::packed::{self, Choice, Packed, Provenance, Written};
+use crate::export::packed::{self, Choice, Written};
 use crate::hardware::{self, Cache, CostEstimate, CostModel, Rates, Target};
 use crate::model::Model;
+use crate::packed::{sha256_files, Packed, Provenance};
 use crate::quant::{Calibrator, Format};
+use crate::reference::{batch, Baseline};
 use crate::report::{human_bytes, Table};
 use crate::search::fitness::Evaluator;
 use crate::search::genome::{NamedGenome, Space};
@@ -201,7 +202,7 @@ pub struct Report {
     /// The packed file.
     pub written: Written,
     /// The GGUF file (`--target llama-cpp`).
-    pub gguf: Option<gguf::Written>,
+    pub gguf: Option<crate::gguf::writer::Written>,
     /// Where it all came from.
     pub provenance: Provenance,
 }
@@ -384,8 +385,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
 
     stage("export");
     let provenance = Provenance {
-        input_sha256: packed::sha256_files(checkpoint.files())?,
-        calibration_sha256: packed::sha256_files([args.data.as_path()])?,
+        input_sha256: sha256_files(checkpoint.files())?,
+        calibration_sha256: sha256_files([args.data.as_path()])?,
         seed: args.seed,
         qpipe_version: env!("CARGO_PKG_VERSION").to_string(),
         command: std::env::args().collect(),
@@ -411,7 +412,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let written = packed::write(&packed_path, &checkpoint, &model, &choices, &provenance)?;
     copy_side_files(&checkpoint, &args.out)?;
     let gguf = if target.name == "llama-cpp" {
-        Some(write_gguf(
+        Some(gguf::write(
             &checkpoint,
             &choices,
             &args.out.join("model.gguf"),
@@ -713,34 +714,6 @@ fn reuse_sensitivity(
         && s.calibrator == options.calibrator
         && formats == want)
         .then_some(s)
-}
-
-/// `model.gguf` for llama.cpp with the chosen block types (float tensors stay F32).
-fn write_gguf(
-    checkpoint: &Checkpoint,
-    choices: &BTreeMap<String, Choice<'_>>,
-    path: &Path,
-) -> Result<gguf::Written> {
-    let mut types = std::collections::HashMap::new();
-    let mut importance = std::collections::HashMap::new();
-    for (name, c) in choices {
-        match c.format {
-            Format::Gguf(t) => {
-                types.insert(name.clone(), t);
-            }
-            Format::Float(crate::quant::FloatType::F32) => {}
-            other => {
-                return Err(Error::unsupported(
-                    Path::new(name),
-                    format!("GGUF export stores GGUF block types and f32, not {other}"),
-                ))
-            }
-        }
-        if let Some(imp) = c.importance {
-            importance.insert(name.clone(), imp.to_vec());
-        }
-    }
-    gguf::write(checkpoint, &types, &importance, path)
 }
 
 /// config.json and tokenizer.json beside the packed file, so it loads on its own.

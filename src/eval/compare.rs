@@ -5,11 +5,11 @@
 //! Sequences are run one at a time and logits compared [`CHUNK`] positions at a time, so memory
 //! stays at one sequence's activations whatever the number of evaluation tokens.
 
-use super::baseline::layers;
-use super::metrics::{self, EmbeddingComparison, LmComparison, Position};
 use crate::error::{Error, Result};
 use crate::model::bert::{additive_mask, mean_pool_normalize};
 use crate::model::{Model, Overrides};
+use crate::reference::layers;
+use crate::reference::metrics::{self, EmbeddingComparison, LmComparison, Position};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 

@@ -1,10 +1,6 @@
-//! Accuracy of a quantized model against its float reference, from real forward-pass outputs.
+//! Held-out accuracy of a quantized model (packed, or fake-quantized overrides) against its float
+//! reference, from real forward passes over whole sequences; the metrics are [`crate::reference`]'s.
 
-pub mod baseline;
 pub mod compare;
-pub mod metrics;
 
 pub use compare::{compare, compare_all, Comparison, Variant};
-pub use metrics::{
-    compare_embeddings, compare_logits, perplexity, EmbeddingComparison, LmComparison,
-};

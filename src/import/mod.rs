@@ -4,13 +4,11 @@
 //! Tensors are dequantized to f32 one at a time while the safetensors file is written (peak
 //! memory: the mapped GGUF plus one tensor). llama.cpp's converter permutes the rows of Q and K
 //! for its interleaved RoPE; HF models rotate halves, so the permutation is undone here
-//! (names and permutation: [`crate::gguf_layout`]).
-
-pub mod tokenizer;
+//! (names and permutation: [`crate::gguf::layout`]).
 
 use crate::checkpoint::write::{write_atomic, write_safetensors, LazyTensor};
 use crate::error::{candle_message, Error, Result};
-use crate::gguf_layout::{hf_name, permuted_heads, unpermute_rows};
+use crate::gguf::layout::{hf_name, permuted_heads, unpermute_rows};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
 use serde::Serialize;
@@ -140,7 +138,7 @@ pub fn import_gguf(gguf: &Path, out: &Path) -> Result<Imported> {
     let config = hf_config(&hyper, &content, vocab, tied);
     let config_text = serde_json::to_string_pretty(&config)
         .map_err(|e| Error::invalid(&config_path, e.to_string()))?;
-    let tokenizer = tokenizer::from_gguf(&content, gguf)?;
+    let tokenizer = crate::gguf::tokenizer::from_gguf(&content, gguf)?;
     let tokenizer_path = out.join("tokenizer.json");
     let tokenizer_text = tokenizer
         .to_string(true)

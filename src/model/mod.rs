@@ -29,7 +29,7 @@ impl Model {
     }
 
     /// Loads a packed checkpoint: its quantized weights are multiplied as stored.
-    pub fn load_packed(packed: &crate::export::packed::Packed) -> Result<Model> {
+    pub fn load_packed(packed: &crate::packed::Packed) -> Result<Model> {
         Model::load_with(&packed.checkpoint, &weights::Weights::Packed(packed))
     }
 

@@ -4,8 +4,8 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::export::packed::Packed;
 use crate::model::qlinear::QLinear;
+use crate::packed::Packed;
 use candle_core::{DType, Device, Tensor};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;

@@ -14,9 +14,9 @@
 use super::genome::{Gene, Genome, Space};
 use crate::calib::Stats;
 use crate::error::{Error, Result};
-use crate::eval::baseline::{layers, Baseline};
 use crate::model::{Model, Overrides};
 use crate::quant::{ActivationQuant, Calibrator, Format};
+use crate::reference::{layers, Baseline};
 use candle_core::Tensor;
 use rayon::prelude::*;
 use std::collections::{HashMap, VecDeque};

@@ -127,10 +127,14 @@ pub fn mean_kld<W: AsRef<[u32]>>(
         let w = w.as_ref();
         let q = qpipe::model::llama::sequence_logits(model, w).unwrap();
         let n = w.len() - 1;
-        total +=
-            qpipe::eval::metrics::compare_logits(&r[..n * vocab], &q[..n * vocab], vocab, &w[1..])
-                .unwrap()
-                .mean_kld;
+        total += qpipe::reference::metrics::compare_logits(
+            &r[..n * vocab],
+            &q[..n * vocab],
+            vocab,
+            &w[1..],
+        )
+        .unwrap()
+        .mean_kld;
     }
     total / windows.len() as f64
 }

@@ -1,5 +1,5 @@
 //! How llama.cpp lays out a Llama-family model in GGUF, shared by `import` (GGUF -> HF) and
-//! `export::gguf` (HF -> GGUF): tensor names and the Q/K row permutation for its RoPE.
+//! the GGUF writer (HF -> GGUF): tensor names and the Q/K row permutation for its RoPE.
 //!
 //! llama.cpp's converter permutes the rows of Q and K (weights and biases) for its interleaved
 //! RoPE; HF models rotate halves. Within each head of size `d`, HF row `j * d/2 + i` is GGUF row

@@ -1,12 +1,12 @@
 //! A Hugging Face tokenizer.json turned into llama.cpp's `tokenizer.ggml.*` metadata (the
-//! inverse of [`crate::import::tokenizer::from_gguf`]).
+//! inverse of [`crate::gguf::tokenizer::from_gguf`]).
 //!
 //! Only byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`) whose pre-tokenizer is one
 //! llama.cpp knows ([`PreTokenizer`]) can be written; the token strings are already in GPT-2's
 //! byte-to-character spelling, so they are copied as they are.
 
 use crate::error::{Error, Result};
-use crate::import::tokenizer::PreTokenizer;
+use crate::gguf::tokenizer::PreTokenizer;
 use serde_json::Value as Json;
 use std::path::Path;
 

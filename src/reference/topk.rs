@@ -6,7 +6,7 @@
 //! With the tail lumped into one bucket, KL(P || Q) is computed over K + 1 outcomes; by the
 //! log-sum inequality this never exceeds the full KL, and equals it when K covers the vocabulary.
 
-use crate::eval::metrics::{log_softmax, log_sum_exp};
+use crate::reference::metrics::{log_softmax, log_sum_exp};
 use serde::{Deserialize, Serialize};
 
 /// Top-K reference distributions, position by position.

@@ -7,9 +7,9 @@
 //! position for causal LMs (against the top-K reference, see [`TopK`]), and the mean 1 - cosine
 //! of the sentence embeddings for encoders.
 
-use crate::calib::TopK;
 use crate::model::bert::{additive_mask, mean_pool_normalize};
 use crate::model::{Model, Overrides};
+use crate::reference::TopK;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;

@@ -1,0 +1,9 @@
+//! llama.cpp's GGUF side of qpipe, shared by `import` (GGUF -> HF) and `export` (HF -> GGUF):
+//! tensor names and the Q/K RoPE row order ([`layout`]), the byte-level BPE vocabulary in both
+//! directions ([`tokenizer`] rebuilds tokenizer.json from a GGUF vocabulary, [`vocab`] writes
+//! one from tokenizer.json) and the streaming GGUF v3 [`writer`].
+
+pub mod layout;
+pub mod tokenizer;
+pub mod vocab;
+pub mod writer;

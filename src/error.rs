@@ -1,15 +1,74 @@
 //! Typed library errors; the binary maps every one of them to exit code 2 (bad input).
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+
+/// What an error is about, so its one line names it: a file, a tensor, a command-line option,
+/// or an input that has no file (the standard output, the evaluation data in memory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// A file or directory.
+    File(PathBuf),
+    /// A tensor, by its checkpoint name.
+    Tensor(String),
+    /// A command-line option or request field, by its option name (`--population`).
+    Option(String),
+    /// Anything else, described in a few words (`<stdout>`, `<evaluation data>`).
+    Other(String),
+}
+
+impl Subject {
+    /// The tensor `name`.
+    pub fn tensor(name: impl Into<String>) -> Self {
+        Subject::Tensor(name.into())
+    }
+
+    /// The option `name` (with its dashes).
+    pub fn option(name: impl Into<String>) -> Self {
+        Subject::Option(name.into())
+    }
+
+    /// An input described by `what`.
+    pub fn other(what: impl Into<String>) -> Self {
+        Subject::Other(what.into())
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::File(p) => write!(f, "{}", p.display()),
+            Subject::Tensor(s) | Subject::Option(s) | Subject::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<&Path> for Subject {
+    fn from(p: &Path) -> Self {
+        Subject::File(p.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for Subject {
+    fn from(p: &PathBuf) -> Self {
+        Subject::File(p.clone())
+    }
+}
+
+impl From<PathBuf> for Subject {
+    fn from(p: PathBuf) -> Self {
+        Subject::File(p)
+    }
+}
 
 /// Everything that can go wrong while reading user-supplied models and data.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file or directory exists but its contents are wrong (corrupt, truncated, lying header).
-    #[error("{}: {message}", path.display())]
+    #[error("{subject}: {message}")]
     Invalid {
-        /// The file the problem is in.
-        path: PathBuf,
+        /// The file, tensor or option the problem is in.
+        subject: Subject,
         /// What is wrong, in one line.
         message: String,
     },
@@ -22,10 +81,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The input is well-formed but uses something qpipe does not support.
-    #[error("{}: {message}", path.display())]
+    #[error("{subject}: {message}")]
     Unsupported {
-        /// The file holding the unsupported item.
-        path: PathBuf,
+        /// The file, tensor or option holding the unsupported item.
+        subject: Subject,
         /// What is unsupported and what is supported instead.
         message: String,
     },
@@ -40,18 +99,18 @@ pub enum Error {
 }
 
 impl Error {
-    /// An `Invalid` error for `path`.
-    pub fn invalid(path: &Path, message: impl Into<String>) -> Self {
+    /// An `Invalid` error about `subject` (a path, or a [`Subject`]).
+    pub fn invalid(subject: impl Into<Subject>, message: impl Into<String>) -> Self {
         Error::Invalid {
-            path: path.to_path_buf(),
+            subject: subject.into(),
             message: message.into(),
         }
     }
 
-    /// An `Unsupported` error for `path`.
-    pub fn unsupported(path: &Path, message: impl Into<String>) -> Self {
+    /// An `Unsupported` error about `subject` (a path, or a [`Subject`]).
+    pub fn unsupported(subject: impl Into<Subject>, message: impl Into<String>) -> Self {
         Error::Unsupported {
-            path: path.to_path_buf(),
+            subject: subject.into(),
             message: message.into(),
         }
     }

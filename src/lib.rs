@@ -4,7 +4,6 @@
 
 pub mod calib;
 pub mod checkpoint;
-pub mod cli;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -14,6 +13,7 @@ pub mod hardware;
 pub mod import;
 pub mod model;
 pub mod packed;
+pub mod pipeline;
 pub mod process;
 pub mod quant;
 pub mod reference;
@@ -21,4 +21,4 @@ pub mod report;
 pub mod search;
 pub mod sensitivity;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, Subject};

@@ -1,5 +1,7 @@
 //! The qpipe binary: parses arguments and hands them to the library.
 
+mod cli;
+
 use clap::Parser;
 use std::io::Write;
 
@@ -16,9 +18,9 @@ fn main() {
         eprintln!("qpipe: interrupted; no partial output left");
         std::process::exit(130);
     });
-    let cli = qpipe::cli::Cli::parse();
+    let cli = cli::Cli::parse();
     let mut stdout = std::io::stdout().lock();
-    let code = match qpipe::cli::run(cli, &mut stdout) {
+    let code = match cli::run(cli, &mut stdout) {
         Ok(code) => code,
         Err(qpipe::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
             0

@@ -12,7 +12,7 @@
 //! depend on the thread count.
 
 use crate::calib::Stats;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Subject};
 use crate::model::{Model, QLinear, Swap};
 use crate::quant::{Calibrator, Format};
 pub use crate::reference::Metric;
@@ -20,7 +20,15 @@ use crate::reference::{batch, Baseline};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+
+/// Where a candidate's forward pass starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// From the float hidden states entering the candidate's layer (the normal mode).
+    Prefix,
+    /// From the embeddings: the whole model again, only to measure what reuse saves.
+    FullRecompute,
+}
 
 /// What a sensitivity run measures and how.
 #[derive(Debug, Clone)]
@@ -31,9 +39,8 @@ pub struct Options {
     pub calibrator: Calibrator,
     /// Log-probabilities kept per position of the float reference (causal LMs).
     pub top_k: usize,
-    /// Start each candidate from the float hidden states before its layer (the normal mode);
-    /// `false` recomputes the whole model, only to measure what reuse saves.
-    pub prefix_reuse: bool,
+    /// Where each candidate's forward pass starts.
+    pub reuse: Reuse,
     /// Only tensors whose name contains one of these (all when empty).
     pub tensors: Vec<String>,
     /// Formats whose loss is estimated rather than measured: the tensor's proxy in that format
@@ -122,16 +129,19 @@ pub fn analyse(
     options: &Options,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Sensitivity> {
-    let data = Path::new("<calibration data>");
+    let data = || Subject::other("<calibration data>");
     let seq_len = sequences.first().map_or(0, |s| s.len());
     if seq_len < 2 || sequences.iter().any(|s| s.len() != seq_len) {
         return Err(Error::invalid(
-            data,
+            data(),
             "sensitivity needs at least one sequence, all of the same length >= 2",
         ));
     }
     if options.formats.is_empty() {
-        return Err(Error::invalid(Path::new("--formats"), "no formats given"));
+        return Err(Error::invalid(
+            Subject::option("--formats"),
+            "no formats given",
+        ));
     }
     let baseline = batch(sequences)
         .and_then(|ids| Baseline::run(model, &ids, options.top_k))
@@ -148,7 +158,7 @@ pub fn analyse(
             let importance = stats
                 .linear(name)
                 .ok_or_else(|| {
-                    Error::invalid(data, format!("the statistics have no entry for {name}"))
+                    Error::invalid(data(), format!("the statistics have no entry for {name}"))
                 })?
                 .importance();
             let (rows, cols) = linear.shape();
@@ -173,7 +183,7 @@ pub fn analyse(
     }
     if candidates.iter().all(|c| c.estimated) {
         return Err(Error::invalid(
-            Path::new("--tensors"),
+            Subject::option("--tensors"),
             "no tensor and format to measure",
         ));
     }
@@ -213,7 +223,7 @@ pub fn analyse(
                 })
                 .ok_or_else(|| {
                     Error::invalid(
-                        Path::new(c.linear.name()),
+                        Subject::tensor(c.linear.name()),
                         "no measured format to scale the estimate from",
                     )
                 })?;
@@ -256,7 +266,7 @@ pub fn analyse(
         sequences: sequences.len(),
         seq_len,
         calibrator: options.calibrator,
-        prefix_reuse: options.prefix_reuse,
+        prefix_reuse: options.reuse == Reuse::Prefix,
         top_k: matches!(model, Model::Llama(_)).then_some(options.top_k),
         entries,
         skipped,
@@ -280,7 +290,7 @@ fn weighted_error(c: &Candidate<'_>, calibrator: Calibrator) -> Result<(Vec<f32>
     let w = c.linear.float_values(c.format)?;
     let fake =
         crate::quant::fake_quantize(&w, rows, cols, c.format, calibrator, Some(&c.importance))
-            .map_err(|m| Error::unsupported(Path::new(c.linear.name()), m))?;
+            .map_err(|m| Error::unsupported(Subject::tensor(c.linear.name()), m))?;
     let proxy = w
         .chunks_exact(cols)
         .zip(fake.chunks_exact(cols))
@@ -312,7 +322,10 @@ fn measure(
         weight: &weight,
         format: c.format,
     };
-    let start = if options.prefix_reuse { c.layer } else { 0 };
+    let start = match options.reuse {
+        Reuse::Prefix => c.layer,
+        Reuse::FullRecompute => 0,
+    };
     let loss = baseline
         .loss_from(model, start, Some(&swap))
         .map_err(Error::compute(context()))?;

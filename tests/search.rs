@@ -52,7 +52,7 @@ fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
             formats: formats(),
             calibrator: Calibrator::Mse,
             top_k: 64,
-            prefix_reuse: true,
+            reuse: qpipe::sensitivity::Reuse::Prefix,
             tensors: vec![],
             estimated: vec![],
         },

@@ -31,7 +31,7 @@ fn options(formats: &[&str], tensors: &[&str], top_k: usize) -> Options {
         formats: formats.iter().map(|f| f.parse().unwrap()).collect(),
         calibrator: Calibrator::Mse,
         top_k,
-        prefix_reuse: true,
+        reuse: qpipe::sensitivity::Reuse::Prefix,
         tensors: tensors.iter().map(|t| t.to_string()).collect(),
         estimated: vec![],
     }
@@ -149,7 +149,7 @@ fn eight_bits_cost_less_than_two_and_reuse_and_threads_change_nothing() {
     let full = on(
         2,
         &Options {
-            prefix_reuse: false,
+            reuse: qpipe::sensitivity::Reuse::FullRecompute,
             ..opts.clone()
         },
     );

@@ -7,7 +7,7 @@
 //! the statistics are identical whatever the thread count.
 
 use crate::checkpoint::write::write_atomic;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Subject};
 use crate::model::{ActivationObserver, Model, QLinear};
 use crate::quant::Histogram;
 use candle_core::{Device, Tensor};
@@ -139,7 +139,7 @@ impl ActivationObserver for Collector {
 pub fn collect(model: &Model, sequences: &[&[u32]], k: usize) -> Result<Stats> {
     if sequences.is_empty() || sequences.iter().any(|s| s.len() < 2) {
         return Err(Error::invalid(
-            Path::new("<calibration data>"),
+            Subject::other("<calibration data>"),
             "no calibration sequences of at least 2 tokens",
         ));
     }

@@ -1,9 +1,9 @@
 //! `qpipe import`: a GGUF file to a Hugging Face-layout checkpoint directory.
 
-use crate::cli::stdout_error;
-use crate::error::Result;
-use crate::import::import_gguf;
-use crate::report::{human_bytes, human_count};
+use super::print;
+use qpipe::import::import_gguf;
+use qpipe::report::{human_bytes, human_count};
+use qpipe::Result;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -12,13 +12,13 @@ use std::time::Instant;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The .gguf file (llama or qwen2 architecture, GPT-2 style BPE tokenizer).
-    pub gguf: PathBuf,
+    gguf: PathBuf,
     /// Output directory for model.safetensors (F32), config.json and tokenizer.json.
     #[arg(long)]
-    pub out: PathBuf,
+    out: PathBuf,
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
 }
 
 /// Runs `qpipe import`.
@@ -26,11 +26,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let start = Instant::now();
     let imported = import_gguf(&args.gguf, &args.out)?;
     if args.json {
-        let text = serde_json::to_string_pretty(&imported).map_err(std::io::Error::other);
-        return text
-            .and_then(|t| writeln!(out, "{t}"))
-            .map(|()| 0)
-            .map_err(stdout_error);
+        print(out, &super::json_text(&imported)?)?;
+        return Ok(0);
     }
     let types: Vec<String> = imported
         .source_types
@@ -50,6 +47,6 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
         text.push_str(&format!("  {} ({})\n", f.display(), human_bytes(size)));
     }
-    out.write_all(text.as_bytes()).map_err(stdout_error)?;
+    print(out, &text)?;
     Ok(0)
 }

@@ -1,267 +1,39 @@
 //! `qpipe inspect`: what a checkpoint holds, from the header alone unless `--stats` is given.
 
-use crate::checkpoint::stats::{self, TensorStats, OUTLIER_STD};
-use crate::checkpoint::Checkpoint;
-use crate::error::Result;
-use crate::model::arch::{self, Architecture, MatmulWeight};
-use crate::report::{human_bytes, human_count, shape, Table};
-use serde::Serialize;
-use std::collections::BTreeMap;
+use super::{print, Stderr};
+use qpipe::checkpoint::Checkpoint;
+use qpipe::pipeline::inspect::{self, Stats};
+use qpipe::Result;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
 
 /// Arguments of `qpipe inspect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A .safetensors file, a *.safetensors.index.json, or a directory holding either.
-    pub model: PathBuf,
+    model: PathBuf,
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// Also compute per-tensor statistics (reads all weights; parallel over tensors and blocks).
     #[arg(long)]
-    pub stats: bool,
-}
-
-/// config.json keys worth showing, when present.
-const CONFIG_KEYS: [&str; 8] = [
-    "model_type",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "vocab_size",
-    "tie_word_embeddings",
-];
-
-/// Everything `inspect` reports; serialised as-is for `--json`.
-#[derive(Debug, Serialize)]
-pub struct Report {
-    /// Weight files.
-    pub files: Vec<PathBuf>,
-    /// config.json beside the weights.
-    pub config_json: Option<PathBuf>,
-    /// tokenizer.json beside the weights.
-    pub tokenizer_json: Option<PathBuf>,
-    /// Detected architecture.
-    pub architecture: Architecture,
-    /// Selected config.json fields.
-    pub config: BTreeMap<String, serde_json::Value>,
-    /// Number of tensors.
-    pub tensors: usize,
-    /// Scalar parameter count.
-    pub parameters: u64,
-    /// Bytes of tensor data.
-    pub bytes: u64,
-    /// Bytes of tensor data per dtype.
-    pub bytes_by_dtype: BTreeMap<String, u64>,
-    /// The matmul weights quantization will act on, by layer.
-    pub matmul_weights: Vec<MatmulWeight>,
-    /// Parameters in those weights.
-    pub matmul_parameters: u64,
-    /// Per-tensor statistics (with `--stats`), float tensors only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stats: Option<Vec<TensorStats>>,
-}
-
-/// Builds the report; reads tensor data only when `with_stats`.
-pub fn report(checkpoint: &Checkpoint, with_stats: bool) -> Result<Report> {
-    let architecture = arch::detect(checkpoint);
-    let matmul_weights = arch::matmul_weights(checkpoint, architecture.family);
-    let matmul_parameters = matmul_weights
-        .iter()
-        .map(|w| w.shape.iter().product::<usize>() as u64)
-        .sum();
-    let config = checkpoint
-        .config()
-        .map(|c| {
-            CONFIG_KEYS
-                .iter()
-                .filter_map(|k| c.get(*k).map(|v| (k.to_string(), v.clone())))
-                .collect()
-        })
-        .unwrap_or_default();
-    let bytes_by_dtype = checkpoint.bytes_by_dtype();
-    let stats = if with_stats {
-        let start = Instant::now();
-        let s = stats::compute(checkpoint)?;
-        let secs = start.elapsed().as_secs_f64();
-        let read: u64 = checkpoint
-            .tensors()
-            .filter(|t| t.is_float())
-            .map(|t| t.bytes.len() as u64)
-            .sum();
-        eprintln!(
-            "stats: {} read in {secs:.3} s ({:.2} GB/s, {} threads)",
-            human_bytes(read),
-            read as f64 / secs.max(1e-9) / 1e9,
-            rayon::current_num_threads()
-        );
-        Some(s)
-    } else {
-        None
-    };
-    Ok(Report {
-        files: checkpoint.files().map(PathBuf::from).collect(),
-        config_json: checkpoint
-            .config()
-            .map(|_| checkpoint.dir().join("config.json")),
-        tokenizer_json: checkpoint.tokenizer_path().map(PathBuf::from),
-        architecture,
-        config,
-        tensors: checkpoint.len(),
-        parameters: checkpoint.parameter_count(),
-        bytes: bytes_by_dtype.values().sum(),
-        bytes_by_dtype,
-        matmul_weights,
-        matmul_parameters,
-        stats,
-    })
+    stats: bool,
 }
 
 /// Runs `qpipe inspect`.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let checkpoint = Checkpoint::open(&args.model)?;
-    let report = report(&checkpoint, args.stats)?;
+    let stats = if args.stats {
+        Stats::Compute
+    } else {
+        Stats::Skip
+    };
+    let report = inspect::report(&checkpoint, stats, &Stderr::default())?;
     let text = if args.json {
         super::json_text(&report)?
     } else {
-        render(&report)
+        inspect::render(&report)
     };
-    out.write_all(text.as_bytes())
-        .map_err(super::stdout_error)?;
+    print(out, &text)?;
     Ok(0)
-}
-
-fn num(v: f64) -> String {
-    if v == 0.0 || (1e-3..1e4).contains(&v.abs()) {
-        format!("{v:.4}")
-    } else if v.is_nan() {
-        "nan".into()
-    } else {
-        format!("{v:.3e}")
-    }
-}
-
-fn display_path(p: &Option<PathBuf>) -> String {
-    p.as_ref()
-        .map_or("not found".into(), |p| p.display().to_string())
-}
-
-/// The text rendering of a report.
-pub fn render(r: &Report) -> String {
-    let mut s = String::new();
-    let files: Vec<String> = r.files.iter().map(|f| f.display().to_string()).collect();
-    s += &format!("weights         {}\n", files.join(", "));
-    s += &format!("config.json     {}\n", display_path(&r.config_json));
-    s += &format!("tokenizer.json  {}\n", display_path(&r.tokenizer_json));
-    let a = &r.architecture;
-    let family = a.family.map_or(
-        "not supported (qpipe runs the llama and bert families)".to_string(),
-        |f| format!("{f:?} family").to_lowercase(),
-    );
-    s += &format!(
-        "architecture    {} -> {family} [{:?}]\n",
-        a.name, a.detected_from
-    );
-    if !r.config.is_empty() {
-        let kv: Vec<String> = r.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        s += &format!("config          {}\n", kv.join(" "));
-    }
-    s += &format!(
-        "parameters      {} ({}) in {} tensors\n",
-        human_count(r.parameters),
-        r.parameters,
-        r.tensors
-    );
-    let by_dtype: Vec<String> = r
-        .bytes_by_dtype
-        .iter()
-        .map(|(d, b)| format!("{d} {}", human_bytes(*b)))
-        .collect();
-    s += &format!(
-        "bytes           {} ({})\n",
-        human_bytes(r.bytes),
-        by_dtype.join(", ")
-    );
-
-    // Groups in the order `matmul_weights` sorted them: layers, then weights outside the stack.
-    let mut layers: Vec<Option<usize>> = r.matmul_weights.iter().map(|w| w.layer).collect();
-    layers.dedup();
-    s += &format!(
-        "\nmatmul weights quantization acts on: {} tensors in {} groups, {} parameters ({:.1}% of the model){}\n",
-        r.matmul_weights.len(),
-        layers.len(),
-        human_count(r.matmul_parameters),
-        100.0 * r.matmul_parameters as f64 / r.parameters.max(1) as f64,
-        if a.family.is_none() { " [heuristic: unknown architecture]" } else { "" }
-    );
-    let mut roles: Vec<&str> = Vec::new();
-    for w in &r.matmul_weights {
-        if !roles.contains(&w.role.as_str()) {
-            roles.push(&w.role);
-        }
-    }
-    let mut table = Table::new(std::iter::once("layer").chain(roles.iter().copied()));
-    for layer in &layers {
-        let label = layer.map_or("head".to_string(), |l| l.to_string());
-        let cells = roles.iter().map(|role| {
-            r.matmul_weights
-                .iter()
-                .find(|w| w.layer == *layer && w.role == *role)
-                .map_or("-".to_string(), |w| shape(&w.shape))
-        });
-        table.row(std::iter::once(label).chain(cells));
-    }
-    s += &table.render(2);
-
-    if let Some(stats) = &r.stats {
-        s += &format!(
-            "\nper-tensor statistics (finite values; outliers: |w - mean| > {OUTLIER_STD} std)\n"
-        );
-        let mut t = Table::new([
-            "tensor",
-            "dtype",
-            "numel",
-            "min",
-            "max",
-            "absmax",
-            "mean",
-            "std",
-            "outliers%",
-            "nan",
-            "inf",
-        ]);
-        for st in stats {
-            t.row([
-                st.name.clone(),
-                st.dtype.clone(),
-                st.numel.to_string(),
-                num(st.min as f64),
-                num(st.max as f64),
-                num(st.absmax as f64),
-                num(st.mean),
-                num(st.std),
-                format!("{:.4}", 100.0 * st.outlier_share),
-                st.nan.to_string(),
-                st.inf.to_string(),
-            ]);
-        }
-        s += &t.render(2);
-        let bad: Vec<&str> = stats
-            .iter()
-            .filter(|t| t.nan + t.inf > 0)
-            .map(|t| t.name.as_str())
-            .collect();
-        if !bad.is_empty() {
-            s += &format!(
-                "\nwarning: {} tensor(s) hold NaN/Inf values: {}\n",
-                bad.len(),
-                bad.join(", ")
-            );
-        }
-    }
-    s
 }

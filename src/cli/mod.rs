@@ -1,20 +1,25 @@
-//! Command-line surface: argument types (clap derive) and one module per subcommand.
+//! Command-line surface of the binary: argument types (clap derive), one module per subcommand
+//! mapping its arguments onto a library call and printing the result, and the observer that
+//! shows a job's progress on stderr.
 //!
-//! Subcommands write their results to the writer they are given (stdout in the binary) and
-//! progress or timing to stderr; errors go back to `main`, which prints one line and exits 2.
+//! Results go to the writer each subcommand is given (stdout); progress and notes to stderr;
+//! errors back to `main`, which prints one line and exits 2.
 
-pub mod check;
-pub mod compress;
-pub mod eval;
-pub mod import;
-pub mod inspect;
-pub mod sensitivity;
-pub mod targets;
+mod check;
+mod compress;
+mod eval;
+mod import;
+mod inspect;
+mod sensitivity;
+mod targets;
 
-use crate::error::{Error, Result};
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use qpipe::pipeline::{Observer, Stage, Step};
+use qpipe::{Error, Result, Subject};
 use std::io::Write;
-use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// qpipe: mixed-precision quantization with real forward-pass fitness.
 #[derive(Debug, Parser)]
@@ -22,12 +27,12 @@ use std::path::Path;
 pub struct Cli {
     /// The subcommand to run.
     #[command(subcommand)]
-    pub command: Command,
+    command: Command,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+enum Command {
     /// Architecture, parameters, dtypes, the matmul weights quantization acts on, and statistics.
     Inspect(inspect::Args),
     /// Convert a GGUF model (llama/qwen2) to F32 safetensors, config.json and tokenizer.json.
@@ -57,59 +62,67 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<i32> {
     }
 }
 
-/// Tokens per evaluation sequence when none is given: 256 for causal LMs (every position is
-/// scored), 64 for encoders (one embedding per sequence, so shorter sequences give more of them).
-pub(crate) fn default_seq_len(model: &crate::model::Model) -> usize {
-    match model {
-        crate::model::Model::Llama(_) => 256,
-        crate::model::Model::Bert(_) => 64,
-    }
-}
-
-/// The tokens of text file `path`, cut to whole sequences of `seq_len` within `tokens`; an
-/// error when not even one sequence fits, a note on stderr when fewer than `tokens` do.
-pub(crate) fn load_tokens(
-    tokenizer: &tokenizers::Tokenizer,
-    path: &Path,
-    tokens: usize,
-    seq_len: usize,
-) -> Result<Vec<u32>> {
-    if seq_len < 2 || tokens < seq_len {
-        return Err(Error::invalid(
-            Path::new("--tokens"),
-            format!(
-                "{tokens} tokens must cover at least one sequence of --seq-len {seq_len} (>= 2)"
-            ),
-        ));
-    }
-    let mut ids = crate::data::encode_file(tokenizer, path)?;
-    let used = (ids.len().min(tokens) / seq_len) * seq_len;
-    if used == 0 {
-        return Err(Error::invalid(
-            path,
-            format!("{} tokens, fewer than one sequence of {seq_len}", ids.len()),
-        ));
-    }
-    if used < tokens {
-        eprintln!(
-            "qpipe: note: using {used} tokens of {} ({} in all, in whole sequences of {seq_len})",
-            path.display(),
-            ids.len()
-        );
-    }
-    ids.truncate(used);
-    Ok(ids)
-}
-
-/// Maps a failed write to stdout to an error naming it.
-pub(crate) fn stdout_error(e: std::io::Error) -> Error {
-    Error::io(Path::new("<stdout>"))(e)
+/// Writes `text` to stdout (`out`), naming stdout when that fails.
+fn print(out: &mut dyn Write, text: &str) -> Result<()> {
+    out.write_all(text.as_bytes())
+        .map_err(Error::io(std::path::Path::new("<stdout>")))
 }
 
 /// `value` as pretty JSON with a final newline, for stdout; a value JSON cannot encode is an
 /// error, not an empty document.
-pub(crate) fn json_text<T: serde::Serialize>(value: &T) -> Result<String> {
+fn json_text<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string_pretty(value)
         .map(|s| s + "\n")
-        .map_err(|e| Error::invalid(Path::new("<stdout>"), format!("cannot encode JSON: {e}")))
+        .map_err(|e| {
+            Error::invalid(
+                Subject::other("<stdout>"),
+                format!("cannot encode JSON: {e}"),
+            )
+        })
+}
+
+/// Shows a job's stages and notes as `qpipe: ...` lines on stderr and its long steps as
+/// progress bars (indicatif hides them when stderr is not a terminal).
+#[derive(Default)]
+struct Stderr {
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Observer for Stderr {
+    fn stage(&self, stage: Stage, elapsed: Duration) {
+        eprintln!("qpipe: [{:>6.1} s] {stage}", elapsed.as_secs_f64());
+    }
+
+    fn note(&self, text: &str) {
+        eprintln!("qpipe: {text}");
+    }
+
+    fn progress(&self, step: Step, done: u64, total: u64, status: &str) {
+        let Ok(mut bar) = self.bar.lock() else { return };
+        let bar = bar.get_or_insert_with(|| {
+            let template = match step {
+                Step::Sensitivity => {
+                    "{elapsed_precise} [{bar:40}] {pos}/{len} sensitivity candidates ({per_sec}, eta {eta})"
+                }
+                Step::Search => "{elapsed_precise} [{bar:30}] generation {pos}/{len} {msg}",
+            };
+            ProgressBar::new(total).with_style(
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            )
+        });
+        bar.set_length(total);
+        bar.set_position(done);
+        if !status.is_empty() {
+            bar.set_message(status.to_string());
+        }
+    }
+
+    fn finished(&self, _: Step) {
+        if let Ok(mut bar) = self.bar.lock() {
+            if let Some(b) = bar.take() {
+                b.finish_and_clear();
+            }
+        }
+    }
 }

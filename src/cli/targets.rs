@@ -2,13 +2,13 @@
 //! `--model` and `--format`, the cost estimate of that uniform assignment on each target (and,
 //! for measured targets, the model's error against measurements of the model's own shapes).
 
-use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result};
-use crate::hardware::{
+use qpipe::checkpoint::Checkpoint;
+use qpipe::hardware::{
     self, model_shapes, uniform, Cache, CostEstimate, CostModel, Rates, Target, Validation,
 };
-use crate::quant::Format;
-use crate::report::{human_bytes, Table};
+use qpipe::quant::Format;
+use qpipe::report::{human_bytes, Table};
+use qpipe::{Error, Result, Subject};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,34 +18,34 @@ use std::path::{Path, PathBuf};
 pub struct Args {
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// Only this target (arm-neon, arm-dot, hexagon, apple-ane, tensorrt, intel-vnni, host,
     /// llama-cpp); an illegal format is then an error.
     #[arg(long)]
-    pub target: Option<String>,
+    target: Option<String>,
     /// Estimate the cost of this model (file or directory) with every matmul in `--format`.
     #[arg(long, requires = "format")]
-    pub model: Option<PathBuf>,
+    model: Option<PathBuf>,
     /// Weight format of the estimate, e.g. int4-g32-asym, q4_0, f16.
     #[arg(long, requires = "model")]
-    pub format: Option<String>,
+    format: Option<String>,
     /// Activation bits of the estimate (8 or 16); float activations when absent.
     #[arg(long)]
-    pub activations: Option<u32>,
+    activations: Option<u32>,
     /// Tokens of the prefill estimate.
     #[arg(long, default_value_t = 64)]
-    pub tokens: usize,
+    tokens: usize,
     /// Measurement cache of the measured targets (default: $QPIPE_CACHE, else
     /// ~/.cache/qpipe/measurements.json).
     #[arg(long)]
-    pub cache: Option<PathBuf>,
+    cache: Option<PathBuf>,
 }
 
 /// One target's estimate, or why the format is illegal there.
 #[derive(Debug, Serialize)]
 pub struct TargetEstimate {
     /// Target name.
-    pub target: String,
+    target: String,
     /// The estimate, when the format is legal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimate: Option<CostEstimate>,
@@ -75,8 +75,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         _ if args.json => super::json_text(&targets)?,
         _ => targets.iter().map(render_target).collect(),
     };
-    out.write_all(text.as_bytes())
-        .map_err(super::stdout_error)?;
+    super::print(out, &text)?;
     Ok(0)
 }
 
@@ -88,7 +87,7 @@ fn estimate(
 ) -> Result<Vec<TargetEstimate>> {
     let format: Format = format
         .parse()
-        .map_err(|m| Error::unsupported(Path::new("--format"), m))?;
+        .map_err(|m| Error::unsupported(Subject::option("--format"), m))?;
     let shapes = model_shapes(&Checkpoint::open(model)?);
     if shapes.is_empty() {
         return Err(Error::unsupported(model, "no matmul weights to cost"));

@@ -10,7 +10,7 @@ use tokenizers::Tokenizer;
 pub fn tokenizer(checkpoint: &Checkpoint) -> Result<Tokenizer> {
     let path = checkpoint.tokenizer_path().ok_or_else(|| {
         Error::invalid(
-            &checkpoint.dir().join("tokenizer.json"),
+            checkpoint.dir().join("tokenizer.json"),
             "tokenizer.json is missing; token streams need the model's tokenizer",
         )
     })?;

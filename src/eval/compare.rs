@@ -5,7 +5,7 @@
 //! Sequences are run one at a time and logits compared [`CHUNK`] positions at a time, so memory
 //! stays at one sequence's activations whatever the number of evaluation tokens.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Subject};
 use crate::model::bert::{additive_mask, mean_pool_normalize};
 use crate::model::{Model, Overrides};
 use crate::reference::layers;
@@ -72,10 +72,10 @@ pub fn compare_all(
 ) -> Result<Vec<Comparison>> {
     let context = "held-out evaluation";
     let compute = Error::compute;
-    let invalid = |m: String| Error::invalid(std::path::Path::new("<evaluation>"), m);
+    let invalid = |m: String| Error::invalid(Subject::other("<evaluation>"), m);
     if sequences.is_empty() {
         return Err(Error::invalid(
-            std::path::Path::new("<evaluation data>"),
+            Subject::other("<evaluation data>"),
             "no evaluation sequences",
         ));
     }

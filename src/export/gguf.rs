@@ -4,7 +4,7 @@
 
 use super::packed::Choice;
 use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Subject};
 use crate::gguf::writer::{self, Written};
 use crate::quant::{FloatType, Format};
 use std::collections::{BTreeMap, HashMap};
@@ -27,7 +27,7 @@ pub fn write(
             Format::Float(FloatType::F32) => {}
             other => {
                 return Err(Error::unsupported(
-                    Path::new(name),
+                    Subject::tensor(name),
                     format!("GGUF export stores GGUF block types and f32, not {other}"),
                 ))
             }

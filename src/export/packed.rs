@@ -3,7 +3,7 @@
 
 use crate::checkpoint::write::{write_safetensors, LazyTensor};
 use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Subject};
 use crate::model::Model;
 use crate::packed::{parts, Entry, Manifest, Provenance, FORMAT_VERSION, METADATA_KEY};
 use crate::quant::{ActivationQuant, Calibrator, Format, QuantizedTensor};
@@ -45,7 +45,7 @@ fn part_bytes(q: &QuantizedTensor, k: usize) -> Result<Vec<u8>> {
             .data()
             .map_err(|e| {
                 Error::invalid(
-                    Path::new("<gguf block data>"),
+                    Subject::other("<gguf block data>"),
                     crate::error::candle_message(&e),
                 )
             })?
@@ -87,7 +87,7 @@ pub fn write(
         let (rows, cols) = linear.shape();
         c.format
             .check(rows, cols)
-            .map_err(|m| Error::unsupported(Path::new(name), m))?;
+            .map_err(|m| Error::unsupported(Subject::tensor(name), m))?;
         manifest.tensors.insert(
             name.clone(),
             Entry {

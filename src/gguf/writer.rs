@@ -87,7 +87,7 @@ pub fn write(
         .unwrap_or(0);
     let tokenizer_path = checkpoint.tokenizer_path().ok_or_else(|| {
         Error::invalid(
-            &checkpoint.dir().join("tokenizer.json"),
+            checkpoint.dir().join("tokenizer.json"),
             "no tokenizer.json beside the weights: a GGUF file must carry the tokenizer",
         )
     })?;

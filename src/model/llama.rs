@@ -5,13 +5,12 @@
 //! the layers after it. Numerics follow candle-transformers' llama (tested against it).
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Subject};
 use crate::model::qlinear::{Overrides, QLinear};
 use crate::model::weights::{self, Weights};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use std::ops::Range;
-use std::path::Path;
 
 /// The config.json fields a Llama-family forward pass needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -223,7 +222,7 @@ impl Llama {
     pub fn build(config: LlamaConfig, w: &Weights) -> Result<Llama> {
         config
             .validate()
-            .map_err(|m| Error::invalid(Path::new("config"), m))?;
+            .map_err(|m| Error::invalid(Subject::other("config"), m))?;
         let (hidden, inter) = (config.hidden_size, config.intermediate_size);
         let (q_out, kv_out) = (
             config.num_attention_heads * config.head_dim(),

@@ -4,7 +4,7 @@
 //! a layer computes with (float, fake-quantized, later packed) on a built model, and calibration
 //! can watch what flows into it, without the model code knowing about either.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Subject};
 use crate::quant::gguf::{self, GgufMatrix};
 use crate::quant::{ActivationQuant, Calibrator, FloatType, Format, IntQuantized, QuantizedTensor};
 use candle_core::{Module, Tensor};
@@ -120,12 +120,12 @@ impl QLinear {
         let weight = match weight {
             QuantizedTensor::Int(q) => Weight::Packed(Arc::new(PackedWeight::Int(q))),
             QuantizedTensor::Gguf(q) => Weight::Packed(Arc::new(PackedWeight::Gguf(
-                GgufMatrix::new(&q).map_err(|m| Error::invalid(std::path::Path::new(&name), m))?,
+                GgufMatrix::new(&q).map_err(|m| Error::invalid(Subject::tensor(&name), m))?,
             ))),
             q @ QuantizedTensor::Float(..) => {
                 let values = q
                     .dequantize()
-                    .map_err(|m| Error::invalid(std::path::Path::new(&name), m))?;
+                    .map_err(|m| Error::invalid(Subject::tensor(&name), m))?;
                 Weight::Dense(
                     Tensor::from_vec(values, shape, &candle_core::Device::Cpu)
                         .map_err(Error::compute(context()))?,
@@ -206,7 +206,7 @@ impl QLinear {
             cal,
             importance,
         )
-        .map_err(|m| Error::unsupported(std::path::Path::new(&self.name), m))?;
+        .map_err(|m| Error::unsupported(Subject::tensor(&self.name), m))?;
         Tensor::from_vec(fake, (rows, cols), &candle_core::Device::Cpu)
             .map_err(Error::compute(format!("{}: {format}", self.name)))
     }
@@ -227,7 +227,7 @@ impl QLinear {
             cal,
             importance,
         )
-        .map_err(|m| Error::unsupported(std::path::Path::new(&self.name), m))
+        .map_err(|m| Error::unsupported(Subject::tensor(&self.name), m))
     }
 
     /// Row-major float weight values (errors name `format`, what they are for).

@@ -3,13 +3,13 @@
 //! config.json.
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Subject};
 use crate::model::qlinear::QLinear;
 use crate::packed::Packed;
 use candle_core::{DType, Device, Tensor};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A source of f32 tensors for model construction.
 pub enum Weights<'a> {
@@ -47,11 +47,14 @@ impl<'a> Weights<'a> {
             Weights::Packed(p) => &p.checkpoint,
             Weights::Memory(m) => {
                 let t = m.get(name).ok_or_else(|| {
-                    Error::invalid(Path::new("<memory>"), format!("no tensor named '{name}'"))
+                    Error::invalid(
+                        Subject::other("<memory>"),
+                        format!("no tensor named '{name}'"),
+                    )
                 })?;
                 if t.dims() != shape || t.dtype() != DType::F32 {
                     return Err(Error::invalid(
-                        Path::new("<memory>"),
+                        Subject::other("<memory>"),
                         format!(
                             "tensor '{name}' is {:?} {:?}, expected F32 {shape:?}",
                             t.dtype(),
@@ -123,5 +126,5 @@ pub fn config_path(checkpoint: &Checkpoint) -> PathBuf {
 
 /// An error for a config value that cannot work, naming config.json.
 pub fn bad_config(checkpoint: &Checkpoint, message: impl Into<String>) -> Error {
-    Error::invalid(Path::new(&config_path(checkpoint)), message)
+    Error::invalid(config_path(checkpoint), message)
 }

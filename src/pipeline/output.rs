@@ -1,0 +1,197 @@
+//! The output directory of a compress run and `qpipe.json`, its report: what every file is
+//! called, how each is written (atomically, so a failed run leaves finished files only), and
+//! the schema of the report users and CI jobs read.
+
+use super::policy::Validated;
+use crate::checkpoint::write::write_atomic;
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result, Subject};
+use crate::eval::Comparison;
+use crate::export::packed::Written;
+use crate::hardware::CostEstimate;
+use crate::packed::Provenance;
+use crate::quant::Format;
+use crate::search::genome::NamedGenome;
+use crate::search::{self, Constraints, Settings};
+use crate::sensitivity::{Options, Sensitivity};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// One genome evaluated on the held-out tokens.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldOut {
+    /// Where it came from.
+    pub origin: String,
+    /// Bits per weight of the matmul weights.
+    pub bits_per_weight: f64,
+    /// Bytes of the matmul weights.
+    pub bytes: u64,
+    /// Loss on the calibration tokens (what the search saw).
+    pub calibration_loss: f64,
+    /// Held-out metrics (fake-quantized forward passes).
+    pub held_out: Comparison,
+}
+
+/// `qpipe.json`: what was chosen, why, and how good it measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Target name.
+    pub target: String,
+    /// Device the target describes.
+    pub device: String,
+    /// Metric of every loss (`mean KL` or `1 - cos`).
+    pub metric: String,
+    /// Constraints the selection met.
+    pub constraints: Constraints,
+    /// Search settings.
+    pub settings: Settings,
+    /// Candidate formats.
+    pub formats: Vec<String>,
+    /// The selected genome.
+    pub genome: NamedGenome,
+    /// Its objectives on the calibration tokens (latency and energy are estimates).
+    pub selected: search::Fitness,
+    /// Where the selected genome came from.
+    pub origin: String,
+    /// Cost-model estimates for the selected genome (decode step and prefill of `seq_len`).
+    pub estimate: Option<CostEstimate>,
+    /// Held-out metrics of the packed checkpoint, run on the packed weights.
+    pub packed: Comparison,
+    /// The genomes the choice was among, on further calibration tokens.
+    pub validation: Vec<Validated>,
+    /// Every seed and the selected genome on the held-out tokens (fake-quantized).
+    pub held_out: Vec<HeldOut>,
+    /// The Pareto front (calibration loss, bytes, estimated latency and energy).
+    pub front: Vec<search::Point>,
+    /// Genome evaluations asked for and answered from the cache.
+    pub requests: u64,
+    /// Cache hits among them.
+    pub cache_hits: u64,
+    /// The packed file.
+    pub written: Written,
+    /// The GGUF file (`--target llama-cpp`).
+    pub gguf: Option<crate::gguf::writer::Written>,
+    /// Where it all came from.
+    pub provenance: Provenance,
+}
+
+impl Report {
+    /// The report as `qpipe.json` holds it (pretty JSON with a final newline).
+    pub fn json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self)
+            .map(|s| s + "\n")
+            .map_err(|e| Error::invalid(Subject::other(REPORT), format!("cannot encode JSON: {e}")))
+    }
+}
+
+/// The report's file name.
+const REPORT: &str = "qpipe.json";
+
+/// A compress run's output directory and the files in it.
+pub struct OutDir {
+    dir: PathBuf,
+}
+
+impl OutDir {
+    /// The directory `dir`, created if missing.
+    pub fn create(dir: &Path) -> Result<OutDir> {
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        Ok(OutDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The packed checkpoint.
+    pub fn packed(&self) -> PathBuf {
+        self.dir.join("model.qpipe.safetensors")
+    }
+
+    /// The GGUF file for llama.cpp.
+    pub fn gguf(&self) -> PathBuf {
+        self.dir.join("model.gguf")
+    }
+
+    /// The search state `--resume` continues.
+    pub fn search_state(&self) -> PathBuf {
+        search::state_path(&self.dir)
+    }
+
+    fn sensitivity_json(&self) -> PathBuf {
+        self.dir.join("sensitivity.json")
+    }
+
+    /// Writes `name` in the directory, atomically.
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        write_atomic(&self.dir.join(name), bytes)
+    }
+
+    /// `sensitivity.json` and its chart, `sensitivity.svg`.
+    pub fn write_sensitivity(&self, s: &Sensitivity) -> Result<()> {
+        let path = self.sensitivity_json();
+        let json =
+            serde_json::to_string_pretty(s).map_err(|e| Error::invalid(&path, e.to_string()))?;
+        write_atomic(&path, format!("{json}\n").as_bytes())?;
+        self.write(
+            "sensitivity.svg",
+            crate::report::sensitivity::chart(s).as_bytes(),
+        )
+    }
+
+    /// The sensitivity an earlier run saved here, when it was measured with the same formats,
+    /// calibrator and tokens (anything unreadable or different is measured again).
+    pub fn saved_sensitivity(
+        &self,
+        options: &Options,
+        sequences: &[&[u32]],
+    ) -> Option<Sensitivity> {
+        let bytes = std::fs::read(self.sensitivity_json()).ok()?;
+        let s: Sensitivity = serde_json::from_slice(&bytes).ok()?;
+        let formats: Vec<Format> = {
+            let mut f: Vec<Format> = s.entries.iter().map(|e| e.format).collect();
+            f.sort();
+            f.dedup();
+            f
+        };
+        let mut want: Vec<Format> = options
+            .formats
+            .iter()
+            .chain(&options.estimated)
+            .copied()
+            .collect();
+        want.sort();
+        (s.sequences == sequences.len()
+            && s.seq_len == sequences.first().map_or(0, |q| q.len())
+            && s.calibrator == options.calibrator
+            && formats == want)
+            .then_some(s)
+    }
+
+    /// `pareto.svg`.
+    pub fn write_pareto(&self, svg: &str) -> Result<()> {
+        self.write("pareto.svg", svg.as_bytes())
+    }
+
+    /// config.json and tokenizer.json beside the packed file, so it loads on its own.
+    pub fn copy_side_files(&self, checkpoint: &Checkpoint) -> Result<()> {
+        for name in ["config.json", "tokenizer.json"] {
+            let src = checkpoint.dir().join(name);
+            if src.is_file() {
+                let bytes = std::fs::read(&src).map_err(Error::io(&src))?;
+                self.write(name, &bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `qpipe.json`; returns its text.
+    pub fn write_report(&self, report: &Report) -> Result<String> {
+        let json = report.json()?;
+        self.write(REPORT, json.as_bytes())?;
+        Ok(json)
+    }
+}

@@ -2,6 +2,8 @@
 //!
 //! Data flows one way: checkpoint -> model -> calibration -> sensitivity -> search -> export -> eval.
 
+#![deny(missing_docs)]
+
 pub mod calib;
 pub mod checkpoint;
 pub mod data;

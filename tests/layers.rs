@@ -112,7 +112,12 @@ fn no_library_module_uses_one_above_it() {
     let mut violations = Vec::new();
     for file in &files {
         let rel = file.strip_prefix(&src).unwrap();
-        let top = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let module = top.trim_end_matches(".rs");
         if module == "lib" || BINARY.contains(&module) {
             continue;
@@ -131,8 +136,8 @@ fn no_library_module_uses_one_above_it() {
 
 #[test]
 fn every_library_module_has_a_layer() {
-    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
-        .unwrap();
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
     let declared: Vec<&str> = lib
         .lines()
         .filter_map(|l| l.strip_prefix("pub mod "))
@@ -140,10 +145,16 @@ fn every_library_module_has_a_layer() {
         .collect();
     assert!(!declared.is_empty());
     for m in &declared {
-        assert!(LAYERS.contains(m), "src/lib.rs declares '{m}', which LAYERS does not place");
+        assert!(
+            LAYERS.contains(m),
+            "src/lib.rs declares '{m}', which LAYERS does not place"
+        );
     }
     for m in LAYERS {
-        assert!(declared.contains(m), "LAYERS names '{m}', which src/lib.rs does not declare");
+        assert!(
+            declared.contains(m),
+            "LAYERS names '{m}', which src/lib.rs does not declare"
+        );
     }
 }
 

@@ -3,6 +3,7 @@
 //! directions ([`tokenizer`] rebuilds tokenizer.json from a GGUF vocabulary, [`vocab`] writes
 //! one from tokenizer.json) and the streaming GGUF v3 [`writer`].
 
+mod encode;
 pub mod layout;
 pub mod tokenizer;
 pub mod vocab;

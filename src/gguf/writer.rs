@@ -13,6 +13,7 @@
 //! Tensors without a chosen type are written as F32 (norms, and the embedding unless chosen),
 //! so llama.cpp computes what qpipe's own evaluation computes for the same choice of types.
 
+use super::encode::Sink;
 use super::vocab;
 use crate::checkpoint::write::atomically;
 use crate::checkpoint::{Checkpoint, TensorView};
@@ -23,7 +24,6 @@ use crate::quant::{Format, GgufType};
 use candle_core::quantized::gguf_file::Value;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 /// GGUF's magic number, `GGUF` read as a little-endian u32.
@@ -31,7 +31,7 @@ const MAGIC: u32 = 0x4655_4747;
 /// The GGUF version written.
 const VERSION: u32 = 3;
 /// Alignment of the data section and of every tensor in it (`general.alignment`).
-const ALIGNMENT: u64 = 32;
+pub(super) const ALIGNMENT: u64 = 32;
 /// `general.quantization_version` of the block layouts candle implements (llama.cpp's current).
 const QUANTIZATION_VERSION: u32 = 2;
 
@@ -507,72 +507,7 @@ fn type_name(block: Option<GgufType>) -> String {
     block.map_or_else(|| "f32".to_string(), |t| Format::Gguf(t).to_string())
 }
 
-/// The output stream: little-endian GGUF primitives, counting bytes for the padding.
-struct Sink<'a> {
-    out: &'a mut dyn Write,
-    tmp: &'a Path,
-    pos: u64,
-}
-
 impl Sink<'_> {
-    fn bytes(&mut self, b: &[u8]) -> Result<()> {
-        self.out.write_all(b).map_err(Error::io(self.tmp))?;
-        self.pos += b.len() as u64;
-        Ok(())
-    }
-
-    fn u32(&mut self, v: u32) -> Result<()> {
-        self.bytes(&v.to_le_bytes())
-    }
-
-    fn u64(&mut self, v: u64) -> Result<()> {
-        self.bytes(&v.to_le_bytes())
-    }
-
-    fn string(&mut self, s: &str) -> Result<()> {
-        self.u64(s.len() as u64)?;
-        self.bytes(s.as_bytes())
-    }
-
-    /// Zeros up to the next multiple of the alignment.
-    fn pad(&mut self) -> Result<()> {
-        let n = self.pos.next_multiple_of(ALIGNMENT) - self.pos;
-        self.bytes(&vec![0u8; n as usize])
-    }
-
-    /// A metadata value, preceded by its type id when `typed` (array elements are not).
-    fn value(&mut self, key: &str, v: &Value, typed: bool) -> Result<()> {
-        if typed {
-            self.u32(value_type_id(v))?;
-        }
-        match v {
-            Value::U8(x) => self.bytes(&x.to_le_bytes()),
-            Value::I8(x) => self.bytes(&x.to_le_bytes()),
-            Value::U16(x) => self.bytes(&x.to_le_bytes()),
-            Value::I16(x) => self.bytes(&x.to_le_bytes()),
-            Value::U32(x) => self.bytes(&x.to_le_bytes()),
-            Value::I32(x) => self.bytes(&x.to_le_bytes()),
-            Value::U64(x) => self.bytes(&x.to_le_bytes()),
-            Value::I64(x) => self.bytes(&x.to_le_bytes()),
-            Value::F32(x) => self.bytes(&x.to_le_bytes()),
-            Value::F64(x) => self.bytes(&x.to_le_bytes()),
-            Value::Bool(x) => self.bytes(&[u8::from(*x)]),
-            Value::String(s) => self.string(s),
-            Value::Array(items) => {
-                let element = items.first().map_or(4, value_type_id);
-                if items.iter().any(|i| value_type_id(i) != element) {
-                    return Err(Error::invalid(
-                        self.tmp,
-                        format!("metadata {key}: array elements of mixed types"),
-                    ));
-                }
-                self.u32(element)?;
-                self.u64(items.len() as u64)?;
-                items.iter().try_for_each(|i| self.value(key, i, false))
-            }
-        }
-    }
-
     /// One tensor's data: read, permuted if Q/K, quantized if chosen.
     fn tensor(
         &mut self,
@@ -615,24 +550,5 @@ impl Sink<'_> {
             ));
         }
         Ok(())
-    }
-}
-
-/// GGUF's metadata value type id (`enum gguf_type`).
-fn value_type_id(v: &Value) -> u32 {
-    match v {
-        Value::U8(_) => 0,
-        Value::I8(_) => 1,
-        Value::U16(_) => 2,
-        Value::I16(_) => 3,
-        Value::U32(_) => 4,
-        Value::I32(_) => 5,
-        Value::F32(_) => 6,
-        Value::Bool(_) => 7,
-        Value::String(_) => 8,
-        Value::Array(_) => 9,
-        Value::U64(_) => 10,
-        Value::I64(_) => 11,
-        Value::F64(_) => 12,
     }
 }

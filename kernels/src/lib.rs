@@ -8,6 +8,7 @@ pub mod gemv;
 pub mod matrix;
 pub mod pack;
 mod scalar;
+mod schedule;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

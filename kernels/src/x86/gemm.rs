@@ -5,8 +5,8 @@ use std::marker::PhantomData;
 use super::decode::{Decode, Shuf, D2, D4, D8};
 use super::isa::{Isa, Job};
 use super::{group_params, permute_x, pow2, row_base, shift_table, AlignedF32, Layout, Mode};
-use crate::gemv::{for_chunks_init, gemm_is_serial};
 use crate::matrix::{PackedMatrix, Zeros};
+use crate::schedule::{for_chunks_init, gemm_is_serial};
 
 /// Rows per GEMM task (rows of the register tile).
 const GEMM_ROWS: usize = 4;

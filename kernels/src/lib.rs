@@ -3,6 +3,7 @@
 //! ([`PackedMatrix`]), and GEMV/GEMM directly on the packed data with run-time selected AVX-512
 //! and AVX2 paths and a portable scalar fallback ([`fn@gemv`], [`fn@gemm`]). No candle dependency.
 
+mod backend;
 mod error;
 pub mod gemv;
 pub mod matrix;

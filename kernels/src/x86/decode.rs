@@ -122,6 +122,7 @@ impl<S: Isa, const B: usize> Decode<S> for Shuf<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Backend;
     use crate::pack::{pack, packed_len};
     use crate::x86::isa::{Job, V256, V512};
     use crate::x86::pow2;
@@ -177,10 +178,10 @@ mod tests {
 
     #[test]
     fn decoders_match_layout() {
-        if crate::Backend::Avx2.is_available() {
+        if Backend::Avx2.is_available() {
             check_all::<V256>();
         }
-        if crate::Backend::Avx512.is_available() {
+        if Backend::Avx512.is_available() {
             check_all::<V512>();
         }
     }

@@ -3,11 +3,13 @@
 //! ([`PackedMatrix`]), and GEMV/GEMM directly on the packed data with run-time selected AVX-512
 //! and AVX2 paths and a portable scalar fallback ([`fn@gemv`], [`fn@gemm`]). No candle dependency.
 
+mod backend;
 mod error;
 pub mod gemv;
 pub mod matrix;
 pub mod pack;
 mod scalar;
+mod schedule;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

@@ -1,9 +1,9 @@
 //! Portable kernels: the fallback on CPUs without AVX2 and the reference the SIMD path is
-//! tested against.
+//! tested against, with the fixed-order sums they share with it.
 
-use crate::gemv::{for_chunks_init, for_row_blocks, gemm_is_serial, group_sums};
 use crate::matrix::PackedMatrix;
 use crate::pack::unpack_range;
+use crate::schedule::{for_chunks_init, for_row_blocks, gemm_is_serial};
 
 /// Codes unpacked at a time into a stack buffer.
 const CHUNK: usize = 256;
@@ -45,6 +45,26 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 fn sum_lanes(l: &[f32; 8]) -> f32 {
     ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
+}
+
+/// Per-group sums of `x`: entry `g` is `sum x[g*group_size .. min((g+1)*group_size, cols)]`,
+/// added in eight interleaved partial sums (a fixed order of operations).
+pub(crate) fn group_sums(w: &PackedMatrix, x: &[f32]) -> Vec<f32> {
+    x.chunks(w.group_size())
+        .map(|c| {
+            let mut lanes = [0f32; 8];
+            let mut it = c.chunks_exact(8);
+            for x8 in &mut it {
+                for (l, v) in lanes.iter_mut().zip(x8) {
+                    *l += v;
+                }
+            }
+            for (l, v) in lanes.iter_mut().zip(it.remainder()) {
+                *l += v;
+            }
+            sum_lanes(&lanes)
+        })
+        .collect()
 }
 
 /// Output `r` of `W x`, given the per-group sums `xs` of `x`.

@@ -2,8 +2,9 @@
 //! qpipe-kernels (layout documented there). Parallel over rows and deterministic: every row is
 //! computed by one thread in a fixed order, and whole-tensor error sums are reduced in order.
 
-use super::calibrate::{weight_quantizer, Calibrator, Quantizer};
+use super::calibrate::{weight_quantizer, Calibrator};
 use super::format::{Granularity, IntFormat, Scheme};
+use super::quantizer::Quantizer;
 use half::f16;
 use qpipe_kernels::pack::{pack, packed_len};
 use qpipe_kernels::{PackedMatrix, Zeros};

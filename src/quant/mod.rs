@@ -10,6 +10,7 @@ pub mod format;
 pub mod gguf;
 pub mod histogram;
 pub mod int;
+pub mod quantizer;
 
 pub use activation::ActivationQuant;
 
@@ -35,10 +36,11 @@ pub mod by_name {
         name.parse().map_err(serde::de::Error::custom)
     }
 }
-pub use calibrate::{Calibrator, Quantizer};
+pub use calibrate::Calibrator;
 pub use format::{FloatType, Format, GgufType, Granularity, IntFormat, Scheme};
 pub use histogram::Histogram;
 pub use int::IntQuantized;
+pub use quantizer::Quantizer;
 
 /// A weight matrix stored in some format.
 pub enum QuantizedTensor {
@@ -89,7 +91,7 @@ pub fn quantize(
         Format::Int(f) => int::quantize(w, rows, cols, f, cal, imp).map(QuantizedTensor::Int),
         Format::Gguf(t) => gguf::quantize(w, rows, cols, t, imp).map(QuantizedTensor::Gguf),
         Format::Float(t) => {
-            calibrate::finite_range(w)?;
+            quantizer::finite_range(w)?;
             let bytes = t.encode(w);
             Ok(QuantizedTensor::Float(t, bytes))
         }

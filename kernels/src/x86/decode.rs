@@ -23,6 +23,11 @@ pub(super) trait Decode<S: Isa> {
     unsafe fn code(raw: S::I, k: usize) -> S::F;
 }
 
+/// `2^e` for the small exponents used here (the factor of a lane's `shift`).
+pub(super) fn pow2(e: i32) -> f32 {
+    f32::from_bits(((127 + e) as u32) << 23)
+}
+
 /// Column (within its block) of lane `j` of vector `k`: lane `j` holds codes `NV*j ..`.
 #[cfg(test)]
 fn col<S: Isa, D: Decode<S>>(k: usize, j: usize) -> usize {
@@ -122,9 +127,9 @@ impl<S: Isa, const B: usize> Decode<S> for Shuf<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Backend;
     use crate::pack::{pack, packed_len};
     use crate::x86::isa::{Job, V256, V512};
-    use crate::x86::pow2;
     use std::marker::PhantomData;
 
     /// Vector `k` of the block at `p`.
@@ -177,10 +182,10 @@ mod tests {
 
     #[test]
     fn decoders_match_layout() {
-        if crate::Backend::Avx2.is_available() {
+        if Backend::Avx2.is_available() {
             check_all::<V256>();
         }
-        if crate::Backend::Avx512.is_available() {
+        if Backend::Avx512.is_available() {
             check_all::<V512>();
         }
     }

@@ -2,11 +2,11 @@
 
 use std::marker::PhantomData;
 
-use super::decode::{Decode, Shuf, D2, D4, D8};
+use super::decode::{pow2, Decode, Shuf, D2, D4, D8};
 use super::isa::{Isa, Job};
-use super::{group_params, permute_x, pow2, row_base, shift_table, AlignedF32, Layout, Mode};
-use crate::gemv::{for_chunks_init, gemm_is_serial};
+use super::layout::{group_params, permute_x, row_base, shift_table, AlignedF32, Layout, Mode};
 use crate::matrix::{PackedMatrix, Zeros};
+use crate::schedule::{for_chunks_init, gemm_is_serial};
 
 /// Rows per GEMM task (rows of the register tile).
 const GEMM_ROWS: usize = 4;

@@ -3,13 +3,14 @@
 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
 use std::marker::PhantomData;
 
-use super::decode::{Decode, Shuf, D2, D4, D8};
+use super::decode::{pow2, Decode, Shuf, D2, D4, D8};
 use super::isa::{Isa, Job};
-use super::{
-    group_params, permute_x, pow2, row_base, shift_table, AlignedF32, Layout, Mode, K_EXP,
+use super::layout::{
+    group_params, permute_x, row_base, shift_table, AlignedF32, Layout, Mode, K_EXP,
 };
-use crate::gemv::{for_row_blocks, group_sums};
 use crate::matrix::{PackedMatrix, Zeros};
+use crate::scalar::group_sums;
+use crate::schedule::for_row_blocks;
 
 /// Minimum distance (bytes) GEMV prefetches ahead in a row's packed codes; the distance used is
 /// the smallest multiple of the bytes of a pair of rows at least this large, so that each

@@ -1,6 +1,5 @@
 //! Fixtures shared by the integration tests: synthetic checkpoints and hand-assembled files for
 //! the bad-input tests.
-#![allow(dead_code)]
 
 pub mod synthetic;
 

@@ -5,7 +5,7 @@
 //! `cargo bench --bench inspect`; set QPIPE_BENCH_DIR to reuse a generated checkpoint.
 
 mod common;
-#[path = "../tests/common/synthetic.rs"]
+#[path = "../tests/suite/common/synthetic.rs"]
 mod synthetic;
 
 use common::{median_secs, status_kb};

@@ -5,7 +5,7 @@
 //! `cargo bench --bench quantize` (RAYON_NUM_THREADS to change the thread count).
 
 mod common;
-#[path = "../tests/common/synthetic.rs"]
+#[path = "../tests/suite/common/synthetic.rs"]
 mod synthetic;
 
 use common::{median_secs, status_kb};

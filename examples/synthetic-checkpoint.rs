@@ -2,7 +2,7 @@
 //! `cargo run --release --example synthetic-checkpoint -- DIR [LAYERS] [HIDDEN]`.
 //! The defaults (10 layers, hidden 1024, intermediate 2816, vocab 32000) give a 643 MB F32 file.
 
-#[path = "../tests/common/synthetic.rs"]
+#[path = "../tests/suite/common/synthetic.rs"]
 mod synthetic;
 
 use std::path::PathBuf;

@@ -1,9 +1,7 @@
 //! `qpipe inspect` end to end: output on good checkpoints, and one clear line + exit 2 on bad ones.
 
-mod common;
-
-use common::synthetic::{write_llama, LlamaSpec};
-use common::{qpipe, raw_safetensors};
+use crate::common::synthetic::{write_llama, LlamaSpec};
+use crate::common::{qpipe, raw_safetensors};
 use std::path::Path;
 
 /// Asserts exit 2 and a single stderr line naming `path` and containing `problem`.

@@ -2,9 +2,8 @@
 //! Llama against candle-transformers for tied/untied heads and BF16 storage, and clear errors
 //! for unsupported architectures and configs that contradict the weights.
 
-mod common;
-
-use common::synthetic::{write_llama, LlamaSpec};
+use crate::common;
+use crate::common::synthetic::{write_llama, LlamaSpec};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::model::llama::{sequence_logits, Llama};
 use qpipe::model::Model;

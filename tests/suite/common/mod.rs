@@ -1,6 +1,5 @@
 //! Fixtures shared by the integration tests: synthetic checkpoints and hand-assembled files for
 //! the bad-input tests.
-#![allow(dead_code)]
 
 pub mod synthetic;
 
@@ -184,4 +183,9 @@ pub fn gguf_name(hf: &str) -> String {
     .unwrap()
     .1;
     format!("blk.{layer}.{role}")
+}
+
+/// The committed demo model, `models/tiny` (a 3.3M-parameter Llama; always present).
+pub fn tiny() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
 }

@@ -2,9 +2,7 @@
 //! with the accuracy the search measured, reruns are byte-identical, the CI gate's exit codes
 //! hold, and bad inputs fail with one line and exit 2.
 
-mod common;
-
-use common::qpipe;
+use crate::common::qpipe;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {

@@ -1,8 +1,6 @@
 //! Output metrics against hand-computed values and an independent naive implementation.
 
-mod common;
-
-use common::synthetic::normal_values;
+use crate::common::synthetic::normal_values;
 use qpipe::reference::{compare_embeddings, compare_logits, perplexity};
 
 #[test]

@@ -2,8 +2,7 @@
 //! the Hugging Face path, matches candle-transformers, and quantization damage on it is
 //! measurable with real forward passes on held-out text.
 
-mod common;
-
+use crate::common;
 use qpipe::checkpoint::Checkpoint;
 use qpipe::model::llama::{sequence_logits, Llama};
 use qpipe::quant::Calibrator;

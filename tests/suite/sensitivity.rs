@@ -3,8 +3,7 @@
 //! does not depend on prefix reuse or the thread count; the CLI writes JSON and SVG and rejects
 //! bad input with exit code 2.
 
-mod common;
-
+use crate::common;
 use qpipe::calib::{self, Stats};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::model::llama::sequence_logits;

@@ -1,8 +1,6 @@
 //! Quantization core: error bounds, calibrator properties, GGUF against candle, determinism.
 
-mod common;
-
-use common::synthetic::normal_values;
+use crate::common::synthetic::normal_values;
 use proptest::prelude::*;
 use qpipe::quant::calibrate::{activation_range, entropy_threshold, weight_quantizer};
 use qpipe::quant::{

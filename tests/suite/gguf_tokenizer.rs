@@ -1,8 +1,7 @@
 //! The tokenizer rebuilt from SmolLM2's GGUF against llama.cpp's own ids and round trips on the
 //! calibration text.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::Content;

@@ -3,13 +3,12 @@
 //! written, the packed file evaluates to the metrics it reports, and the binary given the same
 //! request writes the same bytes.
 
-mod common;
-
 use qpipe::pipeline::eval::{evaluate, EvalRequest};
 use qpipe::pipeline::{
     compress, CompressRequest, Limits, Observer, SearchPlan, Silent, Stage, Start, Step, TextPlan,
 };
-use std::path::{Path, PathBuf};
+use crate::common::{self, tiny};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -34,10 +33,6 @@ impl Observer for Recorder {
     fn finished(&self, step: Step) {
         self.finished.lock().unwrap().push(step);
     }
-}
-
-fn tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
 }
 
 /// A small hexagon run of models/tiny into `out`, as `qpipe compress` would map these options.

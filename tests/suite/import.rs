@@ -1,12 +1,11 @@
 //! `qpipe import` on hand-built GGUF files: a lossless round trip (names, llama.cpp's Q/K row
 //! permutation undone, config, tokenizer) and one-line errors for bad inputs.
 
-mod common;
-
+use crate::common;
+use crate::common::{gguf_name, llama_cpp_permute, qpipe};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use common::{gguf_name, llama_cpp_permute, qpipe};
 use qpipe::checkpoint::Checkpoint;
 use std::path::Path;
 

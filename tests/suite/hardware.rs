@@ -3,9 +3,7 @@
 //! accuracy is in tests/hardware_host.rs, alone in its binary so no other test competes with
 //! its timings.
 
-mod common;
-
-use common::qpipe;
+use crate::common::qpipe;
 use qpipe::checkpoint::Checkpoint;
 use qpipe::hardware::{self, model_shapes, uniform, Bound, CostModel, MatmulShape, Target};
 use qpipe::quant::format::{GROUP_SIZES, INT_BITS};

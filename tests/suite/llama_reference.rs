@@ -1,8 +1,7 @@
 //! Our Llama forward pass against candle-transformers' llama on the real SmolLM2-135M (imported
 //! from its GGUF by `qpipe import`), plus its perplexity on real text.
 
-mod common;
-
+use crate::common;
 use qpipe::checkpoint::Checkpoint;
 use qpipe::model::llama::{sequence_logits, Llama};
 use qpipe::reference::metrics::perplexity;

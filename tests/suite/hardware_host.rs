@@ -6,9 +6,7 @@
 //! 30%, decode and a 32-token prefill, for the host target in three formats (INT2 rows are
 //! padded to whole 256-code blocks, which the model must price) and for llama-cpp.
 
-mod common;
-
-use common::fetched_model;
+use crate::common::fetched_model;
 use qpipe::checkpoint::Checkpoint;
 use qpipe::hardware::{self, model_shapes, Cache, MatmulShape};
 use std::path::Path;

@@ -1,8 +1,7 @@
 //! Our BERT forward pass against candle-transformers' on the real all-MiniLM-L6-v2 and 50 real
 //! sentences, plus what the `QLinear` hooks must do on that model.
 
-mod common;
-
+use crate::common;
 use candle_core::{DType, Device, Tensor, D};
 use candle_transformers::models::bert::{BertModel, Config};
 use qpipe::checkpoint::Checkpoint;

@@ -3,12 +3,11 @@
 //! reader (PyPI `gguf`), imported back to HF weights equal to the fake-quantized originals, and
 //! one-line errors that leave no file behind.
 
-mod common;
-
+use crate::common;
+use crate::common::{gguf_name, llama_cpp_permute};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
-use common::{gguf_name, llama_cpp_permute};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::gguf::writer::{write, Written};
 use qpipe::quant::{fake_quantize, Calibrator, Format, GgufType};

@@ -4,8 +4,7 @@
 //! Per-calibrator KLDs are printed (`--nocapture`): clipping SmolLM2's massive activations
 //! usually hurts, which is a finding, not a failure.
 
-mod common;
-
+use crate::common;
 use qpipe::calib::{self, Stats};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::model::llama::{sequence_logits, Llama};

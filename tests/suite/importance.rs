@@ -4,8 +4,7 @@
 //! MiniLM). The figures are printed (`--nocapture`);
 //! the assertions are the properties that must hold whatever they are.
 
-mod common;
-
+use crate::common;
 use qpipe::calib;
 use qpipe::checkpoint::Checkpoint;
 use qpipe::model::llama::sequence_logits;

@@ -1,9 +1,7 @@
 //! Checkpoint reading: layouts, value round trips, shards, statistics and architecture detection.
 
-mod common;
-
-use common::raw_safetensors;
-use common::synthetic::{encode, normal_values, write_llama, LlamaSpec};
+use crate::common::raw_safetensors;
+use crate::common::synthetic::{encode, normal_values, write_llama, LlamaSpec};
 use qpipe::checkpoint::write::{write_safetensors, LazyTensor};
 use qpipe::checkpoint::{stats, Checkpoint, Dtype};
 use qpipe::model::arch::{self, DetectedFrom, Family};

@@ -1,0 +1,28 @@
+//! The integration tests, one module per area, in one binary so the suite links once.
+//!
+//! `cargo test --release --test suite MODULE` runs one module (e.g. `hardware_host`).
+
+mod common;
+
+mod activation_quant;
+mod bert_reference;
+mod calib;
+mod calibration_data;
+mod checkpoint;
+mod cli_inspect;
+mod compress;
+mod eval_metrics;
+mod export_gguf;
+mod gguf_tokenizer;
+mod hardware;
+mod hardware_host;
+mod import;
+mod layers;
+mod importance;
+mod llama_reference;
+mod model_load;
+mod pipeline;
+mod quant;
+mod search;
+mod sensitivity;
+mod tiny_model;

@@ -12,7 +12,7 @@ use crate::export::gguf;
 use crate::export::packed::{self, Choice, Packed, Provenance, Written};
 use crate::hardware::{self, Cache, CostEstimate, CostModel, Rates, Target};
 use crate::model::Model;
-use crate::quant::{Calibrator, Format};
+use crate::quant::{Activation, Calibrator, Format};
 use crate::report::{human_bytes, Table};
 use crate::search::fitness::Evaluator;
 use crate::search::genome::{NamedGenome, Space};
@@ -226,7 +226,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let constraints = constraints(args);
 
     // Formats and activation options the target runs.
-    let activations: Vec<Option<u32>> = [None, Some(16), Some(8)]
+    let activations: Vec<Activation> = [Activation::Float, Activation::A16, Activation::A8]
         .into_iter()
         .filter(|b| {
             menu()
@@ -253,7 +253,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         join(&formats),
         activations
             .iter()
-            .map(|b| hardware::profile::activation_name(*b))
+            .map(|a| a.name())
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -520,14 +520,14 @@ fn menu() -> Vec<Format> {
 fn candidate_formats(
     target: &Target,
     asked: &[Format],
-    activations: &[Option<u32>],
+    activations: &[Activation],
 ) -> Result<Vec<Format>> {
     let legal = |f: &Format| activations.iter().any(|b| target.legality(f, *b).is_ok());
     if !asked.is_empty() {
         for f in asked {
             if !legal(f) {
                 // The target's own error names the format and what it supports.
-                target.legality(f, None)?;
+                target.legality(f, Activation::Float)?;
             }
         }
         return Ok(asked.to_vec());
@@ -606,7 +606,7 @@ fn rates(target: &Target, formats: &[Format]) -> Result<Box<dyn Rates + Sync>> {
     let legal: Vec<Format> = formats
         .iter()
         .copied()
-        .filter(|f| target.legality(f, None).is_ok())
+        .filter(|f| target.legality(f, Activation::Float).is_ok())
         .collect();
     eprintln!(
         "qpipe: measuring {} kernels on this machine (cached in {})",
@@ -882,10 +882,10 @@ fn summary(r: &Report, space: &Space) -> String {
     }
     let acts: BTreeMap<String, usize> =
         r.genome
-            .activation_bits
+            .activations
             .iter()
-            .fold(BTreeMap::new(), |mut m, b| {
-                *m.entry(hardware::profile::activation_name(*b)).or_default() += 1;
+            .fold(BTreeMap::new(), |mut m, a| {
+                *m.entry(a.to_string()).or_default() += 1;
                 m
             });
     s += &format!(

@@ -23,7 +23,7 @@ use super::cost::{Assignment, CostModel, Execution, MatmulShape, Rates};
 use super::profile::{Sourced, Support, Target};
 use crate::checkpoint::write::write_atomic;
 use crate::error::{candle_message, Error, Result};
-use crate::quant::{self, Calibrator, Format, QuantizedTensor};
+use crate::quant::{self, Activation, Calibrator, Format, QuantizedTensor};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
@@ -615,7 +615,7 @@ fn calibrate_with(
     let timer = Timer::new(target)?;
     let mut legal = Vec::new();
     for f in formats {
-        legal.push((*f, target.legality(f, None)?.emulated));
+        legal.push((*f, target.legality(f, Activation::Float)?.emulated));
     }
     let mut probes: Vec<Probe> = legal
         .iter()
@@ -707,11 +707,11 @@ impl Rates for Calibration {
     fn execution(
         &self,
         format: &Format,
-        activation_bits: Option<u32>,
+        activation: Activation,
         tokens: usize,
         (rows, cols): (usize, usize),
     ) -> Result<Execution> {
-        let legal = self.target.legality(format, activation_bits)?;
+        let legal = self.target.legality(format, activation)?;
         let fit = self.fits.get(format).ok_or_else(|| {
             self.target
                 .illegal(format!("{format} has not been calibrated on this machine"))
@@ -854,7 +854,7 @@ pub fn validate(
             let a = Assignment {
                 shape: (*s).clone(),
                 format,
-                activation_bits: None,
+                activation: Activation::Float,
             };
             let predicted_s = model.matmul(&a, p.tokens)?.latency_s;
             Ok(ShapeCheck {

@@ -6,7 +6,7 @@
 //! overhead and unpack cost out of the file and get them from [`super::measure`].
 
 use crate::error::{Error, Result};
-use crate::quant::Format;
+use crate::quant::{Activation, Format};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,9 +19,6 @@ const TARGETS_PATH: &str = "src/hardware/targets.json (embedded)";
 
 /// Source kinds a number may cite.
 const SOURCE_KINDS: [&str; 4] = ["datasheet", "paper", "assumed", "measured"];
-
-/// Activation formats qpipe knows, as named in rules: float (no quantization), A8, A16.
-pub const ACTIVATIONS: [&str; 3] = ["float", "a8", "a16"];
 
 /// A number with the source it comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,7 +93,7 @@ pub struct Rule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granularities: Option<Vec<String>>,
     /// Activation formats: `float`, `a8`, `a16`.
-    pub activations: Vec<String>,
+    pub activations: Vec<Activation>,
     /// Precision the matmul runs at.
     pub compute: Precision,
     /// Whether the weights are unpacked in software first (costs the target's unpack rate).
@@ -105,7 +102,7 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, format: &Format, activation: &str) -> bool {
+    fn matches(&self, format: &Format, activation: Activation) -> bool {
         let (kind, gran, scheme) = weight_parts(format);
         let allowed = |list: &Option<Vec<String>>, part: Option<&str>| match (list, part) {
             (Some(list), Some(p)) => list.iter().any(|l| l == p),
@@ -114,7 +111,7 @@ impl Rule {
         self.weights.contains(&kind)
             && allowed(&self.schemes, scheme.as_deref())
             && allowed(&self.granularities, gran.as_deref())
-            && self.activations.iter().any(|a| a == activation)
+            && self.activations.contains(&activation)
     }
 
     /// One-line description, e.g. `int8 [sym|pow2] x a8 -> int8 native`.
@@ -131,7 +128,11 @@ impl Rule {
         format!(
             "{}{filters} x {} -> {} {}",
             self.weights.join(" "),
-            self.activations.join("|"),
+            self.activations
+                .iter()
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join("|"),
             self.compute.name(),
             if self.emulated { "emulated" } else { "native" }
         )
@@ -150,11 +151,6 @@ fn weight_parts(format: &Format) -> (String, Option<String>, Option<String>) {
         }
         _ => (name, None, None),
     }
-}
-
-/// The rule name of an activation format: `None` is float, 8 and 16 are `a8` / `a16`.
-pub fn activation_name(bits: Option<u32>) -> String {
-    bits.map_or("float".to_string(), |b| format!("a{b}"))
 }
 
 /// A hardware target as described by the data file.
@@ -217,26 +213,20 @@ pub enum Support {
 }
 
 impl Target {
-    /// The rule that decides `format` with activations of `activation_bits` (None = float),
-    /// or an error naming the target, the format and what the target supports.
-    pub fn legality(&self, format: &Format, activation_bits: Option<u32>) -> Result<Legality> {
-        let act = activation_name(activation_bits);
-        if !ACTIVATIONS.contains(&act.as_str()) {
-            return Err(self.illegal(format!(
-                "{act} activations are not an activation format (float, a8, a16)"
-            )));
-        }
-        if let Some(rule) = self.rules.iter().find(|r| r.matches(format, &act)) {
+    /// The rule that decides `format` with `activation` inputs, or an error naming the target,
+    /// the format and what the target supports.
+    pub fn legality(&self, format: &Format, activation: Activation) -> Result<Legality> {
+        if let Some(rule) = self.rules.iter().find(|r| r.matches(format, activation)) {
             return Ok(Legality {
                 compute: rule.compute,
                 emulated: rule.emulated,
             });
         }
-        let weights_ok = ACTIVATIONS
-            .iter()
+        let weights_ok = Activation::ALL
+            .into_iter()
             .any(|a| self.rules.iter().any(|r| r.matches(format, a)));
         Err(self.illegal(if weights_ok {
-            format!("{format} weights with {act} activations are not supported")
+            format!("{format} weights with {activation} activations are not supported")
         } else {
             format!("{format} weights are not supported")
         }))
@@ -244,8 +234,8 @@ impl Target {
 
     /// Native or emulated (with the unpack cost) for a file-described target; measured targets
     /// get theirs from a [`super::measure::Calibration`].
-    pub fn check(&self, format: &Format, activation_bits: Option<u32>) -> Result<Support> {
-        let legal = self.legality(format, activation_bits)?;
+    pub fn check(&self, format: &Format, activation: Activation) -> Result<Support> {
+        let legal = self.legality(format, activation)?;
         if !legal.emulated {
             return Ok(Support::Native);
         }
@@ -330,13 +320,6 @@ impl Target {
                         && format!("{w}-channel-sym").parse::<Format>().is_ok());
                 if !known {
                     return bad(format!("rule weight '{w}' is not a format kind"));
-                }
-            }
-            for a in &rule.activations {
-                if !ACTIVATIONS.contains(&a.as_str()) {
-                    return bad(format!(
-                        "rule activation '{a}' is not one of {ACTIVATIONS:?}"
-                    ));
                 }
             }
             for s in rule.schemes.iter().flatten() {
@@ -447,36 +430,37 @@ mod tests {
 
     #[test]
     fn legality_follows_the_rules() {
+        use Activation::{Float, A16, A8};
         let f = |s: &str| s.parse::<Format>().unwrap();
         let trt = target("tensorrt").unwrap();
         assert_eq!(
-            trt.check(&f("int4-g128-asym"), None).unwrap(),
+            trt.check(&f("int4-g128-asym"), Float).unwrap(),
             Support::Native
         );
         assert_eq!(
-            trt.legality(&f("int8-channel-sym"), Some(8))
-                .unwrap()
-                .compute,
+            trt.legality(&f("int8-channel-sym"), A8).unwrap().compute,
             Precision::Int8
         );
-        let e = trt.check(&f("int8-channel-sym"), Some(16)).unwrap_err();
+        let e = trt.check(&f("int8-channel-sym"), A16).unwrap_err();
         let expected = "tensorrt: int8-channel-sym weights with a16 activations are not supported";
         assert!(e.to_string().starts_with(expected), "{e}");
-        let e = trt.check(&f("int2-g32-sym"), None).unwrap_err().to_string();
+        let e = trt
+            .check(&f("int2-g32-sym"), Float)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("tensorrt: int2-g32-sym weights are not supported (TensorRT supports"),
             "{e}"
         );
         let neon = target("arm-neon").unwrap();
         assert!(matches!(
-            neon.check(&f("int3-g32-sym"), Some(8)).unwrap(),
+            neon.check(&f("int3-g32-sym"), A8).unwrap(),
             Support::Emulated { .. }
         ));
-        assert!(neon.check(&f("q4_0"), None).is_err());
+        assert!(neon.check(&f("q4_0"), Float).is_err());
         let llama = target("llama-cpp").unwrap();
-        assert!(llama.legality(&f("q4_k"), None).is_ok());
-        assert!(llama.legality(&f("int4-g32-sym"), None).is_err());
-        assert!(neon.legality(&f("int8-channel-sym"), Some(4)).is_err());
+        assert!(llama.legality(&f("q4_k"), Float).is_ok());
+        assert!(llama.legality(&f("int4-g32-sym"), Float).is_err());
     }
 
     #[test]
@@ -498,5 +482,9 @@ mod tests {
             e.to_string().contains("expected 'datasheet|paper|assumed"),
             "{e}"
         );
+        let json =
+            TARGETS_JSON.replacen("\"activations\": [\"a8\"]", "\"activations\": [\"a4\"]", 1);
+        let e = parse_targets(&json, Path::new("t.json")).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `a4`"), "{e}");
     }
 }

@@ -11,7 +11,7 @@ pub mod gguf;
 pub mod histogram;
 pub mod int;
 
-pub use activation::ActivationQuant;
+pub use activation::{Activation, ActivationQuant};
 
 /// Serde (de)serialisation of a value as its display name (`int4-g32-asym`, `q4_k`, `mse`,
 /// `percentile:99.9`), for files people read: `#[serde(with = "crate::quant::by_name")]`.

@@ -16,7 +16,7 @@ use crate::calib::Stats;
 use crate::error::{Error, Result};
 use crate::eval::baseline::{layers, Baseline};
 use crate::model::{Model, Overrides};
-use crate::quant::{ActivationQuant, Calibrator, Format};
+use crate::quant::{Activation, ActivationQuant, Calibrator, Format};
 use candle_core::Tensor;
 use rayon::prelude::*;
 use std::collections::{HashMap, VecDeque};
@@ -39,8 +39,8 @@ pub struct Evaluator<'a> {
     baseline: &'a Baseline,
     layer_of: Vec<usize>,
     importance: Vec<Vec<f32>>,
-    /// Per tensor, the quantizer of its input per activation bit width.
-    activation: Vec<HashMap<u32, ActivationQuant>>,
+    /// Per tensor, the quantizer of its input per quantized activation format.
+    activation: Vec<HashMap<Activation, ActivationQuant>>,
     weights: Mutex<TensorCache<(usize, Gene)>>,
     losses: Mutex<HashMap<u64, f64>>,
     prefixes: Mutex<TensorCache<(usize, u64)>>,
@@ -139,14 +139,15 @@ impl<'a> Evaluator<'a> {
                 .linear(&slot.name)
                 .ok_or_else(|| missing(&slot.name))?;
             importance.push(s.importance());
-            let mut by_bits = HashMap::new();
-            for bits in space.activation_bits.iter().flatten() {
+            let mut quants = HashMap::new();
+            for &a in &space.activations {
+                let Some(bits) = a.bits() else { continue };
                 let q =
-                    ActivationQuant::calibrated(ACTIVATION_CALIBRATOR, &s.histogram, *bits, false)
+                    ActivationQuant::calibrated(ACTIVATION_CALIBRATOR, &s.histogram, bits, false)
                         .map_err(|m| Error::invalid(Path::new(&slot.name), m))?;
-                by_bits.insert(*bits, q);
+                quants.insert(a, q);
             }
-            activation.push(by_bits);
+            activation.push(quants);
         }
         Ok(Evaluator {
             model,
@@ -208,7 +209,7 @@ impl<'a> Evaluator<'a> {
     /// The quantizer of tensor `i`'s input under `g` (`None`: float input).
     pub fn input_quant(&self, g: &Genome, i: usize) -> Option<ActivationQuant> {
         let layer = self.space.slots[i].layer;
-        g.activation_bits[layer].and_then(|b| self.activation[i].get(&b).copied())
+        self.activation[i].get(&g.activations[layer]).copied()
     }
 
     /// Known losses (for saving the search state).
@@ -234,7 +235,7 @@ impl<'a> Evaluator<'a> {
             .zip(&self.layer_of)
             .filter(|(gene, _)| !matches!(gene.format, Format::Float(crate::quant::FloatType::F32)))
             .map(|(_, &l)| l)
-            .chain(g.activation_bits.iter().position(Option::is_some))
+            .chain(g.activations.iter().position(|a| *a != Activation::Float))
             .min()
             .unwrap_or(n)
             .min(n);

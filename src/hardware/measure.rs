@@ -20,10 +20,10 @@
 //! and token count, written atomically.
 
 use super::cost::{Assignment, CostModel, Execution, MatmulShape, Rates};
-use super::profile::{Sourced, Support, Target};
+use super::profile::{Backend, Sourced, Support, Target};
 use crate::checkpoint::write::write_atomic;
 use crate::error::{candle_message, Error, Result};
-use crate::quant::{self, Activation, Calibrator, Format, QuantizedTensor};
+use crate::quant::{self, Activation, Calibrator, FloatType, Format, QuantizedTensor};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
@@ -176,36 +176,16 @@ pub fn read_pass(buf: &[u64]) -> u64 {
         .reduce(|| 0, |p, q| p ^ q)
 }
 
-/// How a measured target runs a matmul.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    /// qpipe-kernels' packed GEMV / GEMM.
-    Kernels,
-    /// candle's `QMatMul` (llama.cpp's kernels).
-    Candle,
-}
-
-impl Backend {
-    fn of(target: &Target) -> Result<Self> {
-        match target.measured.as_deref() {
-            Some("qpipe-kernels") => Ok(Backend::Kernels),
-            Some("candle-qmatmul") => Ok(Backend::Candle),
-            other => Err(Error::unsupported(
-                Path::new(&target.name),
-                format!(
-                    "not a measured target (measured = {other:?}; measured targets run \
-                     qpipe-kernels or candle-qmatmul)"
-                ),
-            )),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Kernels => "qpipe-kernels",
-            Backend::Candle => "candle-qmatmul",
-        }
-    }
+/// How `target` runs a matmul on this machine; an error for a target described by published
+/// figures.
+fn backend(target: &Target) -> Result<Backend> {
+    target.measured.ok_or_else(|| {
+        Error::unsupported(
+            Path::new(&target.name),
+            "not a measured target (measured = None; measured targets run qpipe-kernels or \
+             candle-qmatmul)",
+        )
+    })
 }
 
 /// One timing: `format` on a [rows x cols] matrix over `tokens` tokens.
@@ -271,7 +251,7 @@ impl Job {
                         quant::gguf::quantize(&w, p.rows, p.cols, t, None).map_err(err)?
                     }
                     _ => {
-                        let dtype = if f.to_string() == "f16" {
+                        let dtype = if f == Format::Float(FloatType::F16) {
                             GgmlDType::F16
                         } else {
                             GgmlDType::F32
@@ -349,7 +329,7 @@ impl<'a> Timer<'a> {
     fn new(target: &'a Target) -> Result<Self> {
         Ok(Timer {
             target,
-            backend: Backend::of(target)?,
+            backend: backend(target)?,
             machine: machine(),
         })
     }
@@ -716,7 +696,7 @@ impl Rates for Calibration {
             self.target
                 .illegal(format!("{format} has not been calibrated on this machine"))
         })?;
-        let backend = Backend::of(&self.target)?;
+        let backend = backend(&self.target)?;
         let serial = backend == Backend::Kernels
             && kernel_is_serial(
                 format.storage_bytes(rows, cols),

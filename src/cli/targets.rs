@@ -6,7 +6,7 @@ use qpipe::checkpoint::Checkpoint;
 use qpipe::hardware::{
     self, model_shapes, uniform, Cache, CostEstimate, CostModel, Rates, Target, Validation,
 };
-use qpipe::quant::Format;
+use qpipe::quant::{Activation, Format};
 use qpipe::report::{human_bytes, Table};
 use qpipe::{Error, Result, Subject};
 use serde::Serialize;
@@ -30,8 +30,8 @@ pub struct Args {
     #[arg(long, requires = "model")]
     format: Option<String>,
     /// Activation bits of the estimate (8 or 16); float activations when absent.
-    #[arg(long)]
-    activations: Option<u32>,
+    #[arg(long, value_parser = quantized_activation)]
+    activations: Option<Activation>,
     /// Tokens of the prefill estimate.
     #[arg(long, default_value_t = 64)]
     tokens: usize,
@@ -39,6 +39,14 @@ pub struct Args {
     /// ~/.cache/qpipe/measurements.json).
     #[arg(long)]
     cache: Option<PathBuf>,
+}
+
+/// The activation format of `--activations <bits>`.
+fn quantized_activation(bits: &str) -> std::result::Result<Activation, String> {
+    bits.parse()
+        .ok()
+        .and_then(Activation::quantized)
+        .ok_or_else(|| "activations are quantized to 8 or 16 bits".to_string())
 }
 
 /// One target's estimate, or why the format is illegal there.
@@ -92,12 +100,13 @@ fn estimate(
     if shapes.is_empty() {
         return Err(Error::unsupported(model, "no matmul weights to cost"));
     }
-    let assignment = uniform(&shapes, format, args.activations);
+    let activation = args.activations.unwrap_or(Activation::Float);
+    let assignment = uniform(&shapes, format, activation);
     let cache_path = args.cache.clone().unwrap_or_else(Cache::default_path);
     let mut out = Vec::new();
     for t in targets {
         let result = if t.measured.is_some() {
-            t.legality(&format, args.activations).and_then(|_| {
+            t.legality(&format, activation).and_then(|_| {
                 let mut cache = Cache::open(&cache_path)?;
                 let v = hardware::validate(t, format, &shapes, args.tokens, &mut cache)?;
                 let e = CostModel::new(&v.calibration).estimate(&assignment, args.tokens)?;
@@ -160,7 +169,7 @@ fn render_estimates(
     format: &str,
     args: &Args,
 ) -> String {
-    let act = hardware::profile::activation_name(args.activations);
+    let act = args.activations.unwrap_or(Activation::Float);
     let mut s = format!(
         "cost estimate (roofline model, not a measurement) of {} with {format} weights and {act} \
          activations\n",

@@ -13,11 +13,10 @@
 
 use super::profile::{Legality, Precision, Support, Target};
 use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Subject};
 use crate::model::arch;
-use crate::quant::Format;
+use crate::quant::{Activation, Format};
 use serde::Serialize;
-use std::path::Path;
 
 /// One matmul weight of a model: `rows` outputs x `cols` inputs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,8 +36,8 @@ pub struct Assignment {
     pub shape: MatmulShape,
     /// Weight storage format.
     pub format: Format,
-    /// Activation bits (8 or 16), or None for float activations.
-    pub activation_bits: Option<u32>,
+    /// Input activation format.
+    pub activation: Activation,
 }
 
 /// The matmul weights of a checkpoint with their real shapes, in forward order.
@@ -58,17 +57,13 @@ pub fn model_shapes(checkpoint: &Checkpoint) -> Vec<MatmulShape> {
 }
 
 /// Every shape with the same format and activations.
-pub fn uniform(
-    shapes: &[MatmulShape],
-    format: Format,
-    activation_bits: Option<u32>,
-) -> Vec<Assignment> {
+pub fn uniform(shapes: &[MatmulShape], format: Format, activation: Activation) -> Vec<Assignment> {
     shapes
         .iter()
         .map(|shape| Assignment {
             shape: shape.clone(),
             format,
-            activation_bits,
+            activation,
         })
         .collect()
 }
@@ -96,12 +91,12 @@ pub struct Execution {
 pub trait Rates {
     /// The target being modelled.
     fn target(&self) -> &Target;
-    /// Rates for `format` with `activation_bits` over `tokens` tokens, for a `(rows, cols)`
+    /// Rates for `format` with `activation` inputs over `tokens` tokens, for a `(rows, cols)`
     /// weight matrix; illegal pairs are errors naming the target.
     fn execution(
         &self,
         format: &Format,
-        activation_bits: Option<u32>,
+        activation: Activation,
         tokens: usize,
         shape: (usize, usize),
     ) -> Result<Execution>;
@@ -118,7 +113,7 @@ impl Target {
     /// A missing profile number: only measured targets lack them.
     fn unmeasured(&self, what: &str) -> Error {
         Error::unsupported(
-            Path::new(&self.name),
+            Subject::other(&self.name),
             format!("{what} is measured on this machine: calibrate with hardware::measure first"),
         )
     }
@@ -132,11 +127,11 @@ impl Rates for Target {
     fn execution(
         &self,
         format: &Format,
-        activation_bits: Option<u32>,
+        activation: Activation,
         _tokens: usize,
         _shape: (usize, usize),
     ) -> Result<Execution> {
-        let Legality { compute, .. } = self.legality(format, activation_bits)?;
+        let Legality { compute, .. } = self.legality(format, activation)?;
         let peak = self
             .peak_macs_per_s
             .get(&compute)
@@ -147,7 +142,7 @@ impl Rates for Target {
             .ok_or_else(|| self.unmeasured("the per-matmul overhead"))?;
         Ok(Execution {
             compute,
-            support: self.check(format, activation_bits)?,
+            support: self.check(format, activation)?,
             macs_per_s: peak.value,
             overhead_s: overhead.value,
             overhead_s_per_row: 0.0,
@@ -182,7 +177,7 @@ pub struct MatmulCost {
     /// Weight format.
     pub format: String,
     /// Activation format (`float`, `a8`, `a16`).
-    pub activations: String,
+    pub activations: Activation,
     /// Execution on the target.
     pub execution: Execution,
     /// Multiply-accumulates.
@@ -256,10 +251,10 @@ impl<'a> CostModel<'a> {
         let weight_bytes = a.format.storage_bytes(rows, cols) as u64;
         let ex = self
             .rates
-            .execution(&a.format, a.activation_bits, tokens, (rows, cols))?;
+            .execution(&a.format, a.activation, tokens, (rows, cols))?;
         let weights = (rows * cols) as f64;
         let macs = tokens as u64 * (rows * cols) as u64;
-        let act_width = match (a.activation_bits, ex.compute) {
+        let act_width = match (a.activation.bits(), ex.compute) {
             (Some(bits), _) => bits as u64 / 8,
             (None, Precision::Fp16) => 2,
             (None, _) => 4,
@@ -285,7 +280,7 @@ impl<'a> CostModel<'a> {
         Ok(MatmulCost {
             name: a.shape.name.clone(),
             format: a.format.to_string(),
-            activations: super::profile::activation_name(a.activation_bits),
+            activations: a.activation,
             execution: ex,
             macs,
             weight_bytes,
@@ -367,7 +362,7 @@ mod tests {
         let a = &uniform(
             &[shape(4096, 4096)],
             "int8-channel-sym".parse().unwrap(),
-            Some(8),
+            Activation::A8,
         )[0];
         let c = model.matmul(a, 1).unwrap();
         let bytes = (4096 * 4096 + 4096 * 2 + 2 * 4096) as f64;
@@ -389,13 +384,13 @@ mod tests {
         let s = [shape(1024, 1024)];
         let native = model
             .matmul(
-                &uniform(&s, "int8-channel-sym".parse().unwrap(), Some(8))[0],
+                &uniform(&s, "int8-channel-sym".parse().unwrap(), Activation::A8)[0],
                 64,
             )
             .unwrap();
         let emulated = model
             .matmul(
-                &uniform(&s, "int4-channel-sym".parse().unwrap(), Some(8))[0],
+                &uniform(&s, "int4-channel-sym".parse().unwrap(), Activation::A8)[0],
                 64,
             )
             .unwrap();
@@ -406,7 +401,11 @@ mod tests {
     #[test]
     fn shapes_a_format_cannot_store_are_rejected() {
         let t = target("llama-cpp").unwrap();
-        let a = &uniform(&[shape(1536, 576)], "q4_k".parse().unwrap(), None)[0];
+        let a = &uniform(
+            &[shape(1536, 576)],
+            "q4_k".parse().unwrap(),
+            Activation::Float,
+        )[0];
         let e = CostModel::new(&t).matmul(a, 1).unwrap_err().to_string();
         assert!(
             e.starts_with(

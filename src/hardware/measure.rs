@@ -20,10 +20,10 @@
 //! and token count, written atomically.
 
 use super::cost::{Assignment, CostModel, Execution, MatmulShape, Rates};
-use super::profile::{Sourced, Support, Target};
+use super::profile::{Backend, Sourced, Support, Target};
 use crate::checkpoint::write::write_atomic;
-use crate::error::{candle_message, Error, Result};
-use crate::quant::{self, Calibrator, Format, QuantizedTensor};
+use crate::error::{candle_message, Error, Result, Subject};
+use crate::quant::{self, Activation, Calibrator, FloatType, Format, QuantizedTensor};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
@@ -176,36 +176,16 @@ pub fn read_pass(buf: &[u64]) -> u64 {
         .reduce(|| 0, |p, q| p ^ q)
 }
 
-/// How a measured target runs a matmul.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    /// qpipe-kernels' packed GEMV / GEMM.
-    Kernels,
-    /// candle's `QMatMul` (llama.cpp's kernels).
-    Candle,
-}
-
-impl Backend {
-    fn of(target: &Target) -> Result<Self> {
-        match target.measured.as_deref() {
-            Some("qpipe-kernels") => Ok(Backend::Kernels),
-            Some("candle-qmatmul") => Ok(Backend::Candle),
-            other => Err(Error::unsupported(
-                Path::new(&target.name),
-                format!(
-                    "not a measured target (measured = {other:?}; measured targets run \
-                     qpipe-kernels or candle-qmatmul)"
-                ),
-            )),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Kernels => "qpipe-kernels",
-            Backend::Candle => "candle-qmatmul",
-        }
-    }
+/// How `target` runs a matmul on this machine; an error for a target described by published
+/// figures.
+fn backend(target: &Target) -> Result<Backend> {
+    target.measured.ok_or_else(|| {
+        Error::unsupported(
+            Subject::other(&target.name),
+            "not a measured target (measured = None; measured targets run qpipe-kernels or \
+             candle-qmatmul)",
+        )
+    })
 }
 
 /// One timing: `format` on a [rows x cols] matrix over `tokens` tokens.
@@ -246,7 +226,7 @@ fn weights(n: usize) -> Vec<f32> {
 
 impl Job {
     fn new(backend: Backend, p: &Probe, name: &str) -> Result<Self> {
-        let err = |m: String| Error::unsupported(Path::new(name), m);
+        let err = |m: String| Error::unsupported(Subject::other(name), m);
         let w = weights(p.rows * p.cols);
         let x = weights(p.tokens * p.cols);
         match (backend, p.format) {
@@ -271,7 +251,7 @@ impl Job {
                         quant::gguf::quantize(&w, p.rows, p.cols, t, None).map_err(err)?
                     }
                     _ => {
-                        let dtype = if f.to_string() == "f16" {
+                        let dtype = if f == Format::Float(FloatType::F16) {
                             GgmlDType::F16
                         } else {
                             GgmlDType::F32
@@ -291,7 +271,7 @@ impl Job {
 
     /// Seconds per call of the matmul (see [`per_call`]).
     fn time_once(&mut self, name: &str) -> Result<f64> {
-        let err = |m: String| Error::unsupported(Path::new(name), m);
+        let err = |m: String| Error::unsupported(Subject::other(name), m);
         match self {
             Job::Kernels { q, x, y, tokens } => q
                 .with_kernel_view(|m| {
@@ -349,7 +329,7 @@ impl<'a> Timer<'a> {
     fn new(target: &'a Target) -> Result<Self> {
         Ok(Timer {
             target,
-            backend: Backend::of(target)?,
+            backend: backend(target)?,
             machine: machine(),
         })
     }
@@ -615,7 +595,7 @@ fn calibrate_with(
     let timer = Timer::new(target)?;
     let mut legal = Vec::new();
     for f in formats {
-        legal.push((*f, target.legality(f, None)?.emulated));
+        legal.push((*f, target.legality(f, Activation::Float)?.emulated));
     }
     let mut probes: Vec<Probe> = legal
         .iter()
@@ -707,16 +687,16 @@ impl Rates for Calibration {
     fn execution(
         &self,
         format: &Format,
-        activation_bits: Option<u32>,
+        activation: Activation,
         tokens: usize,
         (rows, cols): (usize, usize),
     ) -> Result<Execution> {
-        let legal = self.target.legality(format, activation_bits)?;
+        let legal = self.target.legality(format, activation)?;
         let fit = self.fits.get(format).ok_or_else(|| {
             self.target
                 .illegal(format!("{format} has not been calibrated on this machine"))
         })?;
-        let backend = Backend::of(&self.target)?;
+        let backend = backend(&self.target)?;
         let serial = backend == Backend::Kernels
             && kernel_is_serial(
                 format.storage_bytes(rows, cols),
@@ -854,7 +834,7 @@ pub fn validate(
             let a = Assignment {
                 shape: (*s).clone(),
                 format,
-                activation_bits: None,
+                activation: Activation::Float,
             };
             let predicted_s = model.matmul(&a, p.tokens)?.latency_s;
             Ok(ShapeCheck {

@@ -5,11 +5,14 @@
 //! `assumed: <reason>`); measured targets (`host`, `llama-cpp`) leave peak rates, bandwidth,
 //! overhead and unpack cost out of the file and get them from [`super::measure`].
 
-use crate::error::{Error, Result};
-use crate::quant::Format;
+use crate::error::{Error, Result, Subject};
+use crate::quant::format::INT_BITS;
+use crate::quant::{Activation, Format, Granularity, Scheme};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 
 /// The embedded profile data.
 const TARGETS_JSON: &str = include_str!("targets.json");
@@ -19,9 +22,6 @@ const TARGETS_PATH: &str = "src/hardware/targets.json (embedded)";
 
 /// Source kinds a number may cite.
 const SOURCE_KINDS: [&str; 4] = ["datasheet", "paper", "assumed", "measured"];
-
-/// Activation formats qpipe knows, as named in rules: float (no quantization), A8, A16.
-pub const ACTIVATIONS: [&str; 3] = ["float", "a8", "a16"];
 
 /// A number with the source it comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,21 +82,113 @@ pub struct EnergyModel {
     pub per_dram_byte_pj: Sourced,
 }
 
+/// What a rule's weights entry names: every qpipe integer format of one width (`int4`), or
+/// one GGUF or float format (`q4_k`, `f16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightKind {
+    /// Integer formats of this many bits, any granularity and scheme.
+    Int(u32),
+    /// Exactly this (GGUF or float) format.
+    Exact(Format),
+}
+
+impl WeightKind {
+    /// Whether `format` is of this kind.
+    pub fn contains(self, format: &Format) -> bool {
+        match (self, format) {
+            (WeightKind::Int(bits), Format::Int(f)) => f.bits == bits,
+            (WeightKind::Exact(kind), f) => kind == *f,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for WeightKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WeightKind::Int(bits) => write!(f, "int{bits}"),
+            WeightKind::Exact(format) => format.fmt(f),
+        }
+    }
+}
+
+impl FromStr for WeightKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let int_bits = s
+            .strip_prefix("int")
+            .and_then(|b| b.parse().ok())
+            .filter(|b| INT_BITS.contains(b));
+        match (int_bits, s.parse::<Format>()) {
+            (Some(bits), _) => Ok(WeightKind::Int(bits)),
+            (None, Ok(f)) if !matches!(f, Format::Int(_)) => Ok(WeightKind::Exact(f)),
+            _ => Err(format!("rule weight '{s}' is not a format kind")),
+        }
+    }
+}
+
+impl Serialize for WeightKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        crate::quant::by_name::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for WeightKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        crate::quant::by_name::deserialize(d)
+    }
+}
+
+/// Serde of an optional list of values by their names (`["sym", "pow2"]`), for rule filters
+/// whose types serialise otherwise elsewhere.
+mod names {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    /// Writes the names, or nothing.
+    pub fn serialize<T: Display, S: Serializer>(
+        list: &Option<Vec<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match list {
+            Some(list) => s.collect_seq(list.iter().map(T::to_string)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Parses the names.
+    pub fn deserialize<'de, T, D>(d: D) -> Result<Option<Vec<T>>, D::Error>
+    where
+        T: FromStr<Err: Display>,
+        D: Deserializer<'de>,
+    {
+        Option::<Vec<String>>::deserialize(d)?
+            .map(|list| {
+                list.iter()
+                    .map(|n| n.parse().map_err(serde::de::Error::custom))
+                    .collect()
+            })
+            .transpose()
+    }
+}
+
 /// One legality rule: weights (and optional scheme/granularity filters) x activations.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Weight kinds: `int2`..`int8` (any qpipe integer format of that width), a GGUF type
     /// (`q4_k`), or a float type (`f16`).
-    pub weights: Vec<String>,
+    pub weights: Vec<WeightKind>,
     /// Allowed integer schemes (`sym`, `asym`, `pow2`); all when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schemes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "names")]
+    pub schemes: Option<Vec<Scheme>>,
     /// Allowed integer granularities (`tensor`, `channel`, `g32`..`g256`); all when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub granularities: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "names")]
+    pub granularities: Option<Vec<Granularity>>,
     /// Activation formats: `float`, `a8`, `a16`.
-    pub activations: Vec<String>,
+    pub activations: Vec<Activation>,
     /// Precision the matmul runs at.
     pub compute: Precision,
     /// Whether the weights are unpacked in software first (costs the target's unpack rate).
@@ -104,25 +196,34 @@ pub struct Rule {
     pub emulated: bool,
 }
 
+/// Whether a filter allows `value`: a missing list allows everything.
+fn allows<T: PartialEq>(list: &Option<Vec<T>>, value: &T) -> bool {
+    list.as_ref().is_none_or(|l| l.contains(value))
+}
+
+/// `items` by name, separated by `sep`.
+fn join<T: fmt::Display>(items: &[T], sep: &str) -> String {
+    items.iter().map(T::to_string).collect::<Vec<_>>().join(sep)
+}
+
 impl Rule {
-    fn matches(&self, format: &Format, activation: &str) -> bool {
-        let (kind, gran, scheme) = weight_parts(format);
-        let allowed = |list: &Option<Vec<String>>, part: Option<&str>| match (list, part) {
-            (Some(list), Some(p)) => list.iter().any(|l| l == p),
+    fn matches(&self, format: &Format, activation: Activation) -> bool {
+        let filters_allow = match format {
+            Format::Int(f) => {
+                allows(&self.schemes, &f.scheme) && allows(&self.granularities, &f.granularity)
+            }
             _ => true,
         };
-        self.weights.contains(&kind)
-            && allowed(&self.schemes, scheme.as_deref())
-            && allowed(&self.granularities, gran.as_deref())
-            && self.activations.iter().any(|a| a == activation)
+        self.weights.iter().any(|w| w.contains(format))
+            && filters_allow
+            && self.activations.contains(&activation)
     }
 
     /// One-line description, e.g. `int8 [sym|pow2] x a8 -> int8 native`.
     pub fn describe(&self) -> String {
-        let mut filters = Vec::new();
-        for list in [&self.schemes, &self.granularities].into_iter().flatten() {
-            filters.push(list.join("|"));
-        }
+        let schemes = self.schemes.as_deref().map(|s| join(s, "|"));
+        let granularities = self.granularities.as_deref().map(|g| join(g, "|"));
+        let filters: Vec<String> = schemes.into_iter().chain(granularities).collect();
         let filters = if filters.is_empty() {
             String::new()
         } else {
@@ -130,31 +231,39 @@ impl Rule {
         };
         format!(
             "{}{filters} x {} -> {} {}",
-            self.weights.join(" "),
-            self.activations.join("|"),
+            join(&self.weights, " "),
+            join(&self.activations, "|"),
             self.compute.name(),
             if self.emulated { "emulated" } else { "native" }
         )
     }
 }
 
-/// A weight format split into the parts rules match on: kind (`int4`, `q4_k`, `f16`),
-/// granularity and scheme (integer formats only), all taken from its display name.
-fn weight_parts(format: &Format) -> (String, Option<String>, Option<String>) {
-    let name = format.to_string();
-    match format {
-        Format::Int(_) => {
-            let mut parts = name.split('-').map(str::to_string);
-            let kind = parts.next().unwrap_or_default();
-            (kind, parts.next(), parts.next())
+/// How a measured target's matmuls run on this machine (`measured` in the data file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backend {
+    /// qpipe-kernels' packed GEMV / GEMM.
+    #[serde(rename = "qpipe-kernels")]
+    Kernels,
+    /// candle's `QMatMul` (llama.cpp's kernels).
+    #[serde(rename = "candle-qmatmul")]
+    Candle,
+}
+
+impl Backend {
+    /// The name in the data file and in measurement cache keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Kernels => "qpipe-kernels",
+            Backend::Candle => "candle-qmatmul",
         }
-        _ => (name, None, None),
     }
 }
 
-/// The rule name of an activation format: `None` is float, 8 and 16 are `a8` / `a16`.
-pub fn activation_name(bits: Option<u32>) -> String {
-    bits.map_or("float".to_string(), |b| format!("a{b}"))
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A hardware target as described by the data file.
@@ -167,9 +276,9 @@ pub struct Target {
     pub device: String,
     /// One line on what the target supports, quoted in illegal-format errors.
     pub supports: String,
-    /// `qpipe-kernels` or `candle-qmatmul` for targets measured on this machine.
+    /// The backend timed, for targets measured on this machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub measured: Option<String>,
+    pub measured: Option<Backend>,
     /// Peak multiply-accumulates per second at each precision.
     #[serde(default)]
     pub peak_macs_per_s: BTreeMap<Precision, Sourced>,
@@ -217,26 +326,20 @@ pub enum Support {
 }
 
 impl Target {
-    /// The rule that decides `format` with activations of `activation_bits` (None = float),
-    /// or an error naming the target, the format and what the target supports.
-    pub fn legality(&self, format: &Format, activation_bits: Option<u32>) -> Result<Legality> {
-        let act = activation_name(activation_bits);
-        if !ACTIVATIONS.contains(&act.as_str()) {
-            return Err(self.illegal(format!(
-                "{act} activations are not an activation format (float, a8, a16)"
-            )));
-        }
-        if let Some(rule) = self.rules.iter().find(|r| r.matches(format, &act)) {
+    /// The rule that decides `format` with `activation` inputs, or an error naming the target,
+    /// the format and what the target supports.
+    pub fn legality(&self, format: &Format, activation: Activation) -> Result<Legality> {
+        if let Some(rule) = self.rules.iter().find(|r| r.matches(format, activation)) {
             return Ok(Legality {
                 compute: rule.compute,
                 emulated: rule.emulated,
             });
         }
-        let weights_ok = ACTIVATIONS
-            .iter()
+        let weights_ok = Activation::ALL
+            .into_iter()
             .any(|a| self.rules.iter().any(|r| r.matches(format, a)));
         Err(self.illegal(if weights_ok {
-            format!("{format} weights with {act} activations are not supported")
+            format!("{format} weights with {activation} activations are not supported")
         } else {
             format!("{format} weights are not supported")
         }))
@@ -244,8 +347,8 @@ impl Target {
 
     /// Native or emulated (with the unpack cost) for a file-described target; measured targets
     /// get theirs from a [`super::measure::Calibration`].
-    pub fn check(&self, format: &Format, activation_bits: Option<u32>) -> Result<Support> {
-        let legal = self.legality(format, activation_bits)?;
+    pub fn check(&self, format: &Format, activation: Activation) -> Result<Support> {
+        let legal = self.legality(format, activation)?;
         if !legal.emulated {
             return Ok(Support::Native);
         }
@@ -262,7 +365,7 @@ impl Target {
     /// An `Unsupported` error naming this target, ending with what it supports.
     pub(crate) fn illegal(&self, problem: String) -> Error {
         Error::unsupported(
-            Path::new(&self.name),
+            Subject::other(&self.name),
             format!("{problem} ({})", self.supports),
         )
     }
@@ -324,31 +427,6 @@ impl Target {
             return bad("needs bandwidth, on-chip memory and overhead (or 'measured')".into());
         }
         for rule in &self.rules {
-            for w in &rule.weights {
-                let known = w.parse::<Format>().is_ok()
-                    || (w.starts_with("int")
-                        && format!("{w}-channel-sym").parse::<Format>().is_ok());
-                if !known {
-                    return bad(format!("rule weight '{w}' is not a format kind"));
-                }
-            }
-            for a in &rule.activations {
-                if !ACTIVATIONS.contains(&a.as_str()) {
-                    return bad(format!(
-                        "rule activation '{a}' is not one of {ACTIVATIONS:?}"
-                    ));
-                }
-            }
-            for s in rule.schemes.iter().flatten() {
-                if format!("int8-channel-{s}").parse::<Format>().is_err() {
-                    return bad(format!("rule scheme '{s}' is not sym|asym|pow2"));
-                }
-            }
-            for g in rule.granularities.iter().flatten() {
-                if format!("int8-{g}-sym").parse::<Format>().is_err() {
-                    return bad(format!("rule granularity '{g}' is not tensor|channel|gN"));
-                }
-            }
             if needs_file_numbers && !self.peak_macs_per_s.contains_key(&rule.compute) {
                 return bad(format!("no peak rate for compute {}", rule.compute.name()));
             }
@@ -406,7 +484,7 @@ pub fn target(name: &str) -> Result<Target> {
     let names: Vec<String> = all.iter().map(|t| t.name.clone()).collect();
     all.into_iter().find(|t| t.name == name).ok_or_else(|| {
         Error::unsupported(
-            Path::new(name),
+            Subject::other(name),
             format!("unknown target; known targets: {}", names.join(", ")),
         )
     })
@@ -447,36 +525,100 @@ mod tests {
 
     #[test]
     fn legality_follows_the_rules() {
+        use Activation::{Float, A16, A8};
         let f = |s: &str| s.parse::<Format>().unwrap();
         let trt = target("tensorrt").unwrap();
         assert_eq!(
-            trt.check(&f("int4-g128-asym"), None).unwrap(),
+            trt.check(&f("int4-g128-asym"), Float).unwrap(),
             Support::Native
         );
         assert_eq!(
-            trt.legality(&f("int8-channel-sym"), Some(8))
-                .unwrap()
-                .compute,
+            trt.legality(&f("int8-channel-sym"), A8).unwrap().compute,
             Precision::Int8
         );
-        let e = trt.check(&f("int8-channel-sym"), Some(16)).unwrap_err();
+        let e = trt.check(&f("int8-channel-sym"), A16).unwrap_err();
         let expected = "tensorrt: int8-channel-sym weights with a16 activations are not supported";
         assert!(e.to_string().starts_with(expected), "{e}");
-        let e = trt.check(&f("int2-g32-sym"), None).unwrap_err().to_string();
+        let e = trt
+            .check(&f("int2-g32-sym"), Float)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("tensorrt: int2-g32-sym weights are not supported (TensorRT supports"),
             "{e}"
         );
         let neon = target("arm-neon").unwrap();
         assert!(matches!(
-            neon.check(&f("int3-g32-sym"), Some(8)).unwrap(),
+            neon.check(&f("int3-g32-sym"), A8).unwrap(),
             Support::Emulated { .. }
         ));
-        assert!(neon.check(&f("q4_0"), None).is_err());
+        assert!(neon.check(&f("q4_0"), Float).is_err());
         let llama = target("llama-cpp").unwrap();
-        assert!(llama.legality(&f("q4_k"), None).is_ok());
-        assert!(llama.legality(&f("int4-g32-sym"), None).is_err());
-        assert!(neon.legality(&f("int8-channel-sym"), Some(4)).is_err());
+        assert!(llama.legality(&f("q4_k"), Float).is_ok());
+        assert!(llama.legality(&f("int4-g32-sym"), Float).is_err());
+    }
+
+    /// Every format qpipe knows: each integer width x granularity x scheme, the GGUF types and
+    /// the float types.
+    fn every_format() -> Vec<Format> {
+        use crate::quant::format::{GROUP_SIZES, INT_BITS};
+        use crate::quant::{FloatType, GgufType, Granularity, IntFormat, Scheme};
+        let granularities = [Granularity::Tensor, Granularity::Channel]
+            .into_iter()
+            .chain(GROUP_SIZES.map(Granularity::Group));
+        let schemes = [Scheme::Symmetric, Scheme::Asymmetric, Scheme::PowerOfTwo];
+        let ints = INT_BITS.into_iter().flat_map(|bits| {
+            granularities.clone().flat_map(move |granularity| {
+                schemes.map(|scheme| {
+                    Format::Int(IntFormat {
+                        bits,
+                        granularity,
+                        scheme,
+                    })
+                })
+            })
+        });
+        let others = GgufType::ALL
+            .map(Format::Gguf)
+            .into_iter()
+            .chain([FloatType::F32, FloatType::F16, FloatType::BF16].map(Format::Float));
+        ints.chain(others).collect()
+    }
+
+    /// The legality of every format with float, A8 and A16 activations on every target, as in
+    /// `legality.txt`: the compute precision, `*` when emulated, `-` when illegal. The table was
+    /// written by the matcher that split format names, before rules matched typed formats; a
+    /// change to the rules changes it.
+    #[test]
+    fn every_format_is_legal_where_the_table_says() {
+        let targets = targets().unwrap();
+        let mut table = format!("{:<18}", "format");
+        for t in &targets {
+            table += &format!(" {:<20}", t.name);
+        }
+        table = table.trim_end().to_string() + "\n";
+        for f in every_format() {
+            let mut line = format!("{:<18}", f.to_string());
+            for t in &targets {
+                let cells: Vec<String> = Activation::ALL
+                    .into_iter()
+                    .map(|a| match t.legality(&f, a) {
+                        Ok(l) => {
+                            format!("{}{}", l.compute.name(), if l.emulated { "*" } else { "" })
+                        }
+                        Err(_) => "-".to_string(),
+                    })
+                    .collect();
+                line += &format!(" {:<20}", cells.join(" "));
+            }
+            table += line.trim_end();
+            table += "\n";
+        }
+        let expected = include_str!("legality.txt");
+        for (got, want) in table.lines().zip(expected.lines()) {
+            assert_eq!(got, want);
+        }
+        assert_eq!(table.lines().count(), expected.lines().count());
     }
 
     #[test]
@@ -498,5 +640,27 @@ mod tests {
             e.to_string().contains("expected 'datasheet|paper|assumed"),
             "{e}"
         );
+        let json =
+            TARGETS_JSON.replacen("\"activations\": [\"a8\"]", "\"activations\": [\"a4\"]", 1);
+        let e = parse_targets(&json, Path::new("t.json")).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `a4`"), "{e}");
+        for (from, to, expected) in [
+            (
+                "[\"int8\"]",
+                "[\"int7\"]",
+                "rule weight 'int7' is not a format kind",
+            ),
+            (
+                "[\"int8\"]",
+                "[\"int8-g32-sym\"]",
+                "rule weight 'int8-g32-sym' is not",
+            ),
+            ("\"pow2\"]", "\"pow3\"]", "unknown scheme 'pow3'"),
+            ("\"g128\"]", "\"g100\"]", "unknown granularity 'g100'"),
+        ] {
+            let json = TARGETS_JSON.replacen(from, to, 1);
+            let e = parse_targets(&json, Path::new("t.json")).unwrap_err();
+            assert!(e.to_string().contains(expected), "{e}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::export::{self, packed::Choice};
 use crate::hardware::{self, Cache, CostEstimate, CostModel, Rates, Target};
 use crate::model::Model;
 use crate::packed::{sha256_files, Packed, Provenance};
-use crate::quant::{Calibrator, Format};
+use crate::quant::{Activation, Calibrator, Format};
 use crate::reference::{batch, Baseline};
 use crate::search::fitness::Evaluator;
 use crate::search::genome::Space;
@@ -188,7 +188,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Re
         join(&formats),
         activations
             .iter()
-            .map(|b| hardware::profile::activation_name(*b))
+            .map(|a| a.name())
             .collect::<Vec<_>>()
             .join(", ")
     ));
@@ -306,7 +306,10 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Re
         selected: Some(selected.clone()),
         ..outcome
     };
-    out.write_pareto(&outcome.pareto_svg(baseline.metric().label()))?;
+    out.write_pareto(&crate::report::pareto::chart(
+        &outcome,
+        baseline.metric().label(),
+    ))?;
 
     stage(Stage::Export);
     let provenance = Provenance {
@@ -336,7 +339,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Re
     let packed_path = out.packed();
     let written = export::packed::write(&packed_path, &checkpoint, &model, &choices, &provenance)?;
     out.copy_side_files(&checkpoint)?;
-    let gguf = if target.name == "llama-cpp" {
+    let gguf = if policy::writes_gguf(&target) {
         Some(export::gguf::write(&checkpoint, &choices, &out.gguf())?)
     } else {
         None
@@ -469,7 +472,7 @@ fn rates(
     let legal: Vec<Format> = formats
         .iter()
         .copied()
-        .filter(|f| target.legality(f, None).is_ok())
+        .filter(|f| target.legality(f, Activation::Float).is_ok())
         .collect();
     observer.note(&format!(
         "measuring {} kernels on this machine (cached in {})",

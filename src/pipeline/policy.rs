@@ -5,9 +5,10 @@
 
 use crate::error::Result;
 use crate::eval::{compare_all, Comparison, Variant};
+use crate::hardware::profile::Backend;
 use crate::hardware::Target;
 use crate::model::Model;
-use crate::quant::Format;
+use crate::quant::{Activation, Format};
 use crate::search::fitness::Evaluator;
 use crate::search::{Constraints, Outcome, Point};
 use serde::Serialize;
@@ -59,8 +60,8 @@ fn menu() -> Vec<Format> {
 }
 
 /// The activation options `target` runs with some candidate (the menu's or the user's).
-pub fn activations(target: &Target, asked: &[Format]) -> Vec<Option<u32>> {
-    [None, Some(16), Some(8)]
+pub fn activations(target: &Target, asked: &[Format]) -> Vec<Activation> {
+    [Activation::Float, Activation::A16, Activation::A8]
         .into_iter()
         .filter(|b| {
             menu()
@@ -76,14 +77,14 @@ pub fn activations(target: &Target, asked: &[Format]) -> Vec<Option<u32>> {
 pub fn candidate_formats(
     target: &Target,
     asked: &[Format],
-    activations: &[Option<u32>],
+    activations: &[Activation],
 ) -> Result<Vec<Format>> {
     let legal = |f: &Format| activations.iter().any(|b| target.legality(f, *b).is_ok());
     if !asked.is_empty() {
         for f in asked {
             if !legal(f) {
                 // The target's own error names the format and what it supports.
-                target.legality(f, None)?;
+                target.legality(f, Activation::Float)?;
             }
         }
         return Ok(asked.to_vec());
@@ -129,6 +130,12 @@ pub fn sensitivity_split(
         .filter(|f| !measured.contains(f))
         .collect();
     (measured, estimated)
+}
+
+/// Whether a run for `target` also writes `model.gguf`: the llama.cpp target, whose matmuls are
+/// llama.cpp's kernels (run through candle's port of them), loads GGUF.
+pub fn writes_gguf(target: &Target) -> bool {
+    target.measured == Some(Backend::Candle)
 }
 
 /// A genome compared on the validation tokens.

@@ -4,7 +4,6 @@
 use super::output::Report;
 use super::policy;
 use crate::eval::Comparison;
-use crate::hardware;
 use crate::report::{human_bytes, Table};
 use crate::search::Constraints;
 use std::collections::BTreeMap;
@@ -103,10 +102,10 @@ pub fn summary(r: &Report) -> String {
     }
     let acts: BTreeMap<String, usize> =
         r.genome
-            .activation_bits
+            .activations
             .iter()
-            .fold(BTreeMap::new(), |mut m, b| {
-                *m.entry(hardware::profile::activation_name(*b)).or_default() += 1;
+            .fold(BTreeMap::new(), |mut m, a| {
+                *m.entry(a.to_string()).or_default() += 1;
                 m
             });
     s += &format!(

@@ -1,5 +1,6 @@
-//! Per-tensor activation fake-quantization (A8 / A16) applied to a layer's input in a forward
-//! pass, with the range chosen by any calibrator from the layer's input histogram.
+//! Activation formats ([`Activation`]: float, A8, A16) and the per-tensor activation
+//! fake-quantization applied to a layer's input in a forward pass, with the range chosen by any
+//! calibrator from the layer's input histogram.
 //!
 //! Activation scales stay f32 (runtimes keep them in registers, not in the checkpoint), and 16
 //! bits need zero-points beyond u8, so this is separate from the weight [`super::Quantizer`].
@@ -7,10 +8,95 @@
 use super::calibrate::activation_range;
 use super::{Calibrator, Histogram};
 use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
 
-/// Activation bit widths qpipe simulates.
-pub const ACTIVATION_BITS: [u32; 2] = [8, 16];
+/// The format of a matmul's input activations. Serialized by name (`float`, `a8`, `a16`), as
+/// target rules and cost estimates write it; genomes keep their bit-width encoding through
+/// [`by_bits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Not quantized.
+    Float,
+    /// 8-bit integers.
+    A8,
+    /// 16-bit integers.
+    A16,
+}
+
+impl Activation {
+    /// Every activation format.
+    pub const ALL: [Activation; 3] = [Activation::Float, Activation::A8, Activation::A16];
+
+    /// Bits per value when quantized; `None` for float.
+    pub fn bits(self) -> Option<u32> {
+        match self {
+            Activation::Float => None,
+            Activation::A8 => Some(8),
+            Activation::A16 => Some(16),
+        }
+    }
+
+    /// The quantized format of `bits` bits, if qpipe simulates it (8 or 16).
+    pub fn quantized(bits: u32) -> Option<Activation> {
+        Activation::ALL.into_iter().find(|a| a.bits() == Some(bits))
+    }
+
+    /// The lowercase name rules and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Float => "float",
+            Activation::A8 => "a8",
+            Activation::A16 => "a16",
+        }
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Activation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Activation::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| format!("'{s}' is not an activation format (float, a8, a16)"))
+    }
+}
+
+/// Serde of per-layer activations as bit widths (`null` for float, `8`, `16`), the encoding
+/// genomes have in `qpipe.json` and search state files:
+/// `#[serde(with = "crate::quant::activation::by_bits")]` on a `Vec<Activation>`.
+pub mod by_bits {
+    use super::*;
+
+    /// Writes each activation's bits.
+    pub fn serialize<S: Serializer>(v: &[Activation], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|a| a.bits()))
+    }
+
+    /// Reads bit widths; anything but null, 8 or 16 is an error.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Activation>, D::Error> {
+        Vec::<Option<u32>>::deserialize(d)?
+            .into_iter()
+            .map(|bits| match bits {
+                None => Ok(Activation::Float),
+                Some(b) => Activation::quantized(b).ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "activations are quantized to 8 or 16 bits, not {b}"
+                    ))
+                }),
+            })
+            .collect()
+    }
+}
 
 /// A per-tensor affine quantizer for activations.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -28,7 +114,7 @@ pub struct ActivationQuant {
 impl ActivationQuant {
     /// The quantizer covering `[lo, hi]` (widened to include 0).
     pub fn new(bits: u32, symmetric: bool, lo: f32, hi: f32) -> Result<Self, String> {
-        if !ACTIVATION_BITS.contains(&bits) {
+        if Activation::quantized(bits).is_none() {
             return Err(format!(
                 "activations are quantized to 8 or 16 bits, not {bits}"
             ));
@@ -117,6 +203,35 @@ mod tests {
         let a8 = ActivationQuant::new(8, false, -1.0, 1.5).unwrap();
         let a16 = ActivationQuant::new(16, false, -1.0, 1.5).unwrap();
         assert!((a8.scale / a16.scale - 257.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn activations_keep_their_names_and_bit_widths_in_files() {
+        for (a, name, bits) in [
+            (Activation::Float, "float", "null"),
+            (Activation::A8, "a8", "8"),
+            (Activation::A16, "a16", "16"),
+        ] {
+            assert_eq!(a.to_string(), name);
+            assert_eq!(name.parse::<Activation>().unwrap(), a);
+            assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{name}\""));
+            assert_eq!(serde_json::to_string(&a.bits()).unwrap(), bits);
+            if let Some(b) = a.bits() {
+                assert_eq!(Activation::quantized(b), Some(a));
+            }
+        }
+        #[derive(Serialize, Deserialize)]
+        struct Layers(#[serde(with = "by_bits")] Vec<Activation>);
+        let json = "[null,16,8]";
+        let layers: Layers = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            layers.0,
+            [Activation::Float, Activation::A16, Activation::A8]
+        );
+        assert_eq!(serde_json::to_string(&layers).unwrap(), json);
+        assert!(serde_json::from_str::<Layers>("[4]").is_err());
+        assert!("a4".parse::<Activation>().is_err());
+        assert_eq!(Activation::quantized(4), None);
     }
 
     #[test]

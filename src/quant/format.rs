@@ -34,6 +34,36 @@ impl Granularity {
     }
 }
 
+impl fmt::Display for Granularity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Granularity::Tensor => f.write_str("tensor"),
+            Granularity::Channel => f.write_str("channel"),
+            Granularity::Group(n) => write!(f, "g{n}"),
+        }
+    }
+}
+
+impl FromStr for Granularity {
+    type Err = String;
+
+    /// Parses `tensor`, `channel` or `gN` (N one of [`GROUP_SIZES`]).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tensor" => Ok(Granularity::Tensor),
+            "channel" => Ok(Granularity::Channel),
+            g => g
+                .strip_prefix('g')
+                .and_then(|n| n.parse().ok())
+                .filter(|n| GROUP_SIZES.contains(n))
+                .map(Granularity::Group)
+                .ok_or_else(|| {
+                    format!("unknown granularity '{s}': expected tensor|channel|g32|g64|g128|g256")
+                }),
+        }
+    }
+}
+
 /// How codes map to values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Scheme {
@@ -43,6 +73,37 @@ pub enum Scheme {
     Asymmetric,
     /// Symmetric with s a power of two (shift-only dequantization on integer hardware).
     PowerOfTwo,
+}
+
+impl Scheme {
+    /// Every scheme.
+    pub const ALL: [Scheme; 3] = [Scheme::Symmetric, Scheme::Asymmetric, Scheme::PowerOfTwo];
+
+    /// The name in format names: `sym`, `asym`, `pow2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Symmetric => "sym",
+            Scheme::Asymmetric => "asym",
+            Scheme::PowerOfTwo => "pow2",
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scheme {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scheme::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown scheme '{s}': expected sym|asym|pow2"))
+    }
 }
 
 /// An integer format: bit width, granularity and scheme. Scales are stored as f16, zero-points as u8.
@@ -210,19 +271,7 @@ impl Format {
 impl fmt::Display for Format {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Format::Int(i) => {
-                let g = match i.granularity {
-                    Granularity::Tensor => "tensor".to_string(),
-                    Granularity::Channel => "channel".to_string(),
-                    Granularity::Group(n) => format!("g{n}"),
-                };
-                let s = match i.scheme {
-                    Scheme::Symmetric => "sym",
-                    Scheme::Asymmetric => "asym",
-                    Scheme::PowerOfTwo => "pow2",
-                };
-                write!(f, "int{}-{g}-{s}", i.bits)
-            }
+            Format::Int(i) => write!(f, "int{}-{}-{}", i.bits, i.granularity, i.scheme),
             Format::Gguf(t) => f.write_str(t.name()),
             Format::Float(FloatType::F32) => f.write_str("f32"),
             Format::Float(FloatType::F16) => f.write_str("f16"),
@@ -260,26 +309,8 @@ impl FromStr for Format {
         if !INT_BITS.contains(&bits) {
             return Err(bad());
         }
-        let granularity = match *gran {
-            "tensor" => Granularity::Tensor,
-            "channel" => Granularity::Channel,
-            g => {
-                let n: usize = g
-                    .strip_prefix('g')
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(bad)?;
-                if !GROUP_SIZES.contains(&n) {
-                    return Err(bad());
-                }
-                Granularity::Group(n)
-            }
-        };
-        let scheme = match *scheme {
-            "sym" => Scheme::Symmetric,
-            "asym" => Scheme::Asymmetric,
-            "pow2" => Scheme::PowerOfTwo,
-            _ => return Err(bad()),
-        };
+        let granularity = gran.parse().map_err(|_| bad())?;
+        let scheme = scheme.parse().map_err(|_| bad())?;
         Ok(Format::Int(IntFormat {
             bits,
             granularity,

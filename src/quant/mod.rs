@@ -12,7 +12,7 @@ pub mod histogram;
 pub mod int;
 pub mod quantizer;
 
-pub use activation::ActivationQuant;
+pub use activation::{Activation, ActivationQuant};
 
 /// Serde (de)serialisation of a value as its display name (`int4-g32-asym`, `q4_k`, `mse`,
 /// `percentile:99.9`), for files people read: `#[serde(with = "crate::quant::by_name")]`.

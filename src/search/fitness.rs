@@ -13,14 +13,13 @@
 
 use super::genome::{Gene, Genome, Space};
 use crate::calib::Stats;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Subject};
 use crate::model::{Model, Overrides};
-use crate::quant::{ActivationQuant, Calibrator, Format};
+use crate::quant::{Activation, ActivationQuant, Calibrator, Format};
 use crate::reference::{layers, Baseline};
 use candle_core::Tensor;
 use rayon::prelude::*;
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -39,8 +38,8 @@ pub struct Evaluator<'a> {
     baseline: &'a Baseline,
     layer_of: Vec<usize>,
     importance: Vec<Vec<f32>>,
-    /// Per tensor, the quantizer of its input per activation bit width.
-    activation: Vec<HashMap<u32, ActivationQuant>>,
+    /// Per tensor, the quantizer of its input per quantized activation format.
+    activation: Vec<HashMap<Activation, ActivationQuant>>,
     weights: Mutex<TensorCache<(usize, Gene)>>,
     losses: Mutex<HashMap<u64, f64>>,
     prefixes: Mutex<TensorCache<(usize, u64)>>,
@@ -128,7 +127,7 @@ impl<'a> Evaluator<'a> {
     ) -> Result<Evaluator<'a>> {
         let missing = |name: &str| {
             Error::invalid(
-                Path::new("<calibration statistics>"),
+                Subject::other("<calibration statistics>"),
                 format!("no statistics for {name}"),
             )
         };
@@ -139,14 +138,15 @@ impl<'a> Evaluator<'a> {
                 .linear(&slot.name)
                 .ok_or_else(|| missing(&slot.name))?;
             importance.push(s.importance());
-            let mut by_bits = HashMap::new();
-            for bits in space.activation_bits.iter().flatten() {
+            let mut quants = HashMap::new();
+            for &a in &space.activations {
+                let Some(bits) = a.bits() else { continue };
                 let q =
-                    ActivationQuant::calibrated(ACTIVATION_CALIBRATOR, &s.histogram, *bits, false)
-                        .map_err(|m| Error::invalid(Path::new(&slot.name), m))?;
-                by_bits.insert(*bits, q);
+                    ActivationQuant::calibrated(ACTIVATION_CALIBRATOR, &s.histogram, bits, false)
+                        .map_err(|m| Error::invalid(Subject::tensor(&slot.name), m))?;
+                quants.insert(a, q);
             }
-            activation.push(by_bits);
+            activation.push(quants);
         }
         Ok(Evaluator {
             model,
@@ -208,7 +208,7 @@ impl<'a> Evaluator<'a> {
     /// The quantizer of tensor `i`'s input under `g` (`None`: float input).
     pub fn input_quant(&self, g: &Genome, i: usize) -> Option<ActivationQuant> {
         let layer = self.space.slots[i].layer;
-        g.activation_bits[layer].and_then(|b| self.activation[i].get(&b).copied())
+        self.activation[i].get(&g.activations[layer]).copied()
     }
 
     /// Known losses (for saving the search state).
@@ -234,7 +234,7 @@ impl<'a> Evaluator<'a> {
             .zip(&self.layer_of)
             .filter(|(gene, _)| !matches!(gene.format, Format::Float(crate::quant::FloatType::F32)))
             .map(|(_, &l)| l)
-            .chain(g.activation_bits.iter().position(Option::is_some))
+            .chain(g.activations.iter().position(|a| *a != Activation::Float))
             .min()
             .unwrap_or(n)
             .min(n);
@@ -275,7 +275,7 @@ impl<'a> Evaluator<'a> {
     {
         self.space
             .check(g)
-            .map_err(|m| Error::invalid(Path::new("genome"), m))?;
+            .map_err(|m| Error::invalid(Subject::other("genome"), m))?;
         let mut weights = HashMap::new();
         let mut quants = HashMap::new();
         for (i, (slot, gene)) in self.space.slots.iter().zip(&g.genes).enumerate() {
@@ -296,7 +296,9 @@ impl<'a> Evaluator<'a> {
             .linears()
             .into_iter()
             .find(|l| l.name() == slot.name)
-            .ok_or_else(|| Error::invalid(Path::new(&slot.name), "not a layer of the model"))?;
+            .ok_or_else(|| {
+                Error::invalid(Subject::tensor(&slot.name), "not a layer of the model")
+            })?;
         let t = linear.fake_weight(gene.format, gene.calibrator, Some(&self.importance[i]))?;
         lock(&self.weights).put((i, gene), &t);
         Ok(t)

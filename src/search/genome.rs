@@ -1,13 +1,12 @@
 //! The search space and its points: a [`Genome`] gives every quantizable tensor a format and a
-//! weight calibrator, and every layer its activation bits; a [`Space`] says which values each
+//! weight calibrator, and every layer its activation format; a [`Space`] says which values each
 //! tensor may take (legal on the target and for its shape) and counts exact bytes.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Subject};
 use crate::hardware::{Assignment, MatmulShape};
 use crate::model::Model;
-use crate::quant::{Calibrator, Format};
+use crate::quant::{activation, Activation, Calibrator, Format};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// One tensor's choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -21,13 +20,14 @@ pub struct Gene {
 }
 
 /// A whole-model quantization: one gene per tensor (forward order) and per layer the
-/// activation bits (`None`: float activations).
+/// activation format.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Genome {
     /// Per quantizable tensor, in forward order.
     pub genes: Vec<Gene>,
-    /// Per layer.
-    pub activation_bits: Vec<Option<u32>>,
+    /// Per layer (saved as bit widths, `null` for float).
+    #[serde(rename = "activation_bits", with = "activation::by_bits")]
+    pub activations: Vec<Activation>,
 }
 
 /// FNV-1a, 64 bit: a hash that is the same on every platform and Rust version, so cache keys
@@ -49,7 +49,7 @@ impl Genome {
     }
 
     /// Stable hash of what decides the hidden states entering layer `layer`: the genes of the
-    /// tensors in earlier layers (`layer_of[i]` is tensor i's layer) and their activation bits.
+    /// tensors in earlier layers (`layer_of[i]` is tensor i's layer) and their activations.
     pub fn prefix_key(&self, layer_of: &[usize], layer: usize) -> u64 {
         let mut h = FNV_OFFSET;
         for (i, g) in self.genes.iter().enumerate() {
@@ -58,8 +58,9 @@ impl Genome {
             }
             h = fnv(format!("{}/{};", g.format, g.calibrator).into_bytes(), h);
         }
-        for bits in self.activation_bits.iter().take(layer) {
-            h = fnv(format!("{bits:?};").into_bytes(), h);
+        // Hashed as the `Option<u32>` of bits they were before, so saved keys stay valid.
+        for a in self.activations.iter().take(layer) {
+            h = fnv(format!("{:?};", a.bits()).into_bytes(), h);
         }
         h
     }
@@ -93,13 +94,13 @@ pub struct Space {
     pub slots: Vec<Slot>,
     /// Weight calibrators to choose from.
     pub calibrators: Vec<Calibrator>,
-    /// Activation bit options per layer (`None`: float).
-    pub activation_bits: Vec<Option<u32>>,
-    /// Number of layers genomes give activation bits to.
+    /// Activation options per layer.
+    pub activations: Vec<Activation>,
+    /// Number of layers genomes give activations to.
     pub layers: usize,
-    /// Per format, the activation options (in `activation_bits` order) it may run with; a
-    /// format absent here runs with every option.
-    pub activation_rule: std::collections::HashMap<Format, Vec<Option<u32>>>,
+    /// Per format, the activation options (in `activations` order) it may run with; a format
+    /// absent here runs with every option.
+    pub activation_rule: std::collections::HashMap<Format, Vec<Activation>>,
 }
 
 /// A genome with tensor names, for files people read and for reloading against a model.
@@ -107,8 +108,9 @@ pub struct Space {
 pub struct NamedGenome {
     /// Per tensor: its name and gene.
     pub tensors: Vec<NamedGene>,
-    /// Per layer activation bits (`null`: float).
-    pub activation_bits: Vec<Option<u32>>,
+    /// Per layer activations (saved as bit widths, `null` for float).
+    #[serde(rename = "activation_bits", with = "activation::by_bits")]
+    pub activations: Vec<Activation>,
 }
 
 /// A gene with its tensor's name.
@@ -122,7 +124,7 @@ pub struct NamedGene {
 }
 
 impl Space {
-    /// `g`'s format and activation bits per matmul, as the hardware cost model prices them.
+    /// `g`'s format and activations per matmul, as the hardware cost model prices them.
     pub fn assignment(&self, g: &Genome) -> Vec<Assignment> {
         self.slots
             .iter()
@@ -134,7 +136,11 @@ impl Space {
                     cols: s.shape[1],
                 },
                 format: gene.format,
-                activation_bits: g.activation_bits.get(s.layer).copied().flatten(),
+                activation: g
+                    .activations
+                    .get(s.layer)
+                    .copied()
+                    .unwrap_or(Activation::Float),
             })
             .collect()
     }
@@ -146,7 +152,7 @@ impl Space {
         formats: &[Format],
         legal: impl Fn(Format, usize, usize) -> bool,
         calibrators: Vec<Calibrator>,
-        activation_bits: Vec<Option<u32>>,
+        activations: Vec<Activation>,
     ) -> Result<Space> {
         let mut slots = Vec::new();
         let groups = model.linears_by_layer();
@@ -162,7 +168,7 @@ impl Space {
                 ok.dedup();
                 if ok.is_empty() {
                     return Err(Error::unsupported(
-                        Path::new(l.name()),
+                        Subject::tensor(l.name()),
                         format!("none of the candidate formats can store this {rows}x{cols} weight on the target"),
                     ));
                 }
@@ -174,16 +180,16 @@ impl Space {
                 });
             }
         }
-        if calibrators.is_empty() || activation_bits.is_empty() {
+        if calibrators.is_empty() || activations.is_empty() {
             return Err(Error::invalid(
-                Path::new("search space"),
+                Subject::other("search space"),
                 "needs at least one calibrator and one activation option",
             ));
         }
         Ok(Space {
             slots,
             calibrators,
-            activation_bits,
+            activations,
             layers: groups.len(),
             activation_rule: std::collections::HashMap::new(),
         })
@@ -191,7 +197,7 @@ impl Space {
 
     /// Restricts which activation options each format may run with (a target's legality
     /// matrix); seeds and mutations then only produce legal pairs.
-    pub fn with_activation_rule(mut self, legal: impl Fn(Format, Option<u32>) -> bool) -> Space {
+    pub fn with_activation_rule(mut self, legal: impl Fn(Format, Activation) -> bool) -> Space {
         let mut formats: Vec<Format> = self.slots.iter().flat_map(|s| s.formats.clone()).collect();
         formats.sort();
         formats.dedup();
@@ -199,10 +205,10 @@ impl Space {
             .into_iter()
             .map(|f| {
                 let ok = self
-                    .activation_bits
+                    .activations
                     .iter()
                     .copied()
-                    .filter(|b| legal(f, *b))
+                    .filter(|a| legal(f, *a))
                     .collect();
                 (f, ok)
             })
@@ -210,11 +216,11 @@ impl Space {
         self
     }
 
-    /// Whether `format` may run with activations at `bits`.
-    pub fn pair_legal(&self, format: Format, bits: Option<u32>) -> bool {
+    /// Whether `format` may run with `activation` inputs.
+    pub fn pair_legal(&self, format: Format, activation: Activation) -> bool {
         self.activation_rule
             .get(&format)
-            .is_none_or(|ok| ok.contains(&bits))
+            .is_none_or(|ok| ok.contains(&activation))
     }
 
     /// Layer of every slot, in slot order.
@@ -244,29 +250,29 @@ impl Space {
         self.bytes(g) as f64 * 8.0 / self.parameters().max(1) as f64
     }
 
-    /// Every tensor in `format` with `calibrator` and activations at `bits`, if legal for all.
+    /// Every tensor in `format` with `calibrator` and `activation` inputs, if legal for all.
     pub fn uniform(
         &self,
         format: Format,
         calibrator: Calibrator,
-        bits: Option<u32>,
+        activation: Activation,
     ) -> Option<Genome> {
         self.slots
             .iter()
             .all(|s| s.formats.contains(&format))
             .then(|| Genome {
                 genes: vec![Gene { format, calibrator }; self.slots.len()],
-                activation_bits: vec![bits; self.layers],
+                activations: vec![activation; self.layers],
             })
     }
 
     /// Whether every value of `g` is allowed here; the error says which is not.
     pub fn check(&self, g: &Genome) -> std::result::Result<(), String> {
-        if g.genes.len() != self.slots.len() || g.activation_bits.len() != self.layers {
+        if g.genes.len() != self.slots.len() || g.activations.len() != self.layers {
             return Err(format!(
                 "genome has {} tensors and {} layers, the model {} and {}",
                 g.genes.len(),
-                g.activation_bits.len(),
+                g.activations.len(),
                 self.slots.len(),
                 self.layers
             ));
@@ -282,12 +288,8 @@ impl Space {
                 ));
             }
         }
-        match g
-            .activation_bits
-            .iter()
-            .find(|b| !self.activation_bits.contains(b))
-        {
-            Some(b) => Err(format!("activation bits {b:?} are not allowed")),
+        match g.activations.iter().find(|a| !self.activations.contains(a)) {
+            Some(a) => Err(format!("activation bits {:?} are not allowed", a.bits())),
             None => Ok(()),
         }
     }
@@ -304,7 +306,7 @@ impl Space {
                     gene: *gene,
                 })
                 .collect(),
-            activation_bits: g.activation_bits.clone(),
+            activations: g.activations.clone(),
         }
     }
 
@@ -320,7 +322,7 @@ impl Space {
         }
         let g = Genome {
             genes: n.tensors.iter().map(|t| t.gene).collect(),
-            activation_bits: n.activation_bits.clone(),
+            activations: n.activations.clone(),
         };
         self.check(&g)?;
         Ok(g)
@@ -346,7 +348,7 @@ mod tests {
                 gene("int8-channel-sym"),
                 gene("int2-g32-asym"),
             ],
-            activation_bits: vec![None, Some(8)],
+            activations: vec![Activation::Float, Activation::A8],
         };
         let mut b = a.clone();
         b.genes[2] = gene("int3-g32-asym");
@@ -354,18 +356,23 @@ mod tests {
         assert_ne!(a.key(), b.key());
         assert_eq!(a.prefix_key(&layer_of, 1), b.prefix_key(&layer_of, 1));
         assert_ne!(a.prefix_key(&layer_of, 2), b.prefix_key(&layer_of, 2));
-        b.activation_bits[0] = Some(16);
+        b.activations[0] = Activation::A16;
         assert_ne!(a.prefix_key(&layer_of, 1), b.prefix_key(&layer_of, 1));
         // A fixed value: keys saved in state files must not change between builds.
         let one = Genome {
             genes: vec![gene("int4-g32-asym")],
-            activation_bits: vec![None],
+            activations: vec![Activation::Float],
         };
         assert_eq!(one.key(), fnv(*b"int4-g32-asym/mse;None;", FNV_OFFSET));
+        let a16 = Genome {
+            activations: vec![Activation::A16],
+            ..one.clone()
+        };
+        assert_eq!(a16.key(), fnv(*b"int4-g32-asym/mse;Some(16);", FNV_OFFSET));
         let json = serde_json::to_string(&one).unwrap();
-        assert!(
-            json.contains(r#""format":"int4-g32-asym","calibrator":"mse""#),
-            "{json}"
+        assert_eq!(
+            json,
+            r#"{"genes":[{"format":"int4-g32-asym","calibrator":"mse"}],"activation_bits":[null]}"#
         );
         assert_eq!(serde_json::from_str::<Genome>(&json).unwrap(), one);
     }

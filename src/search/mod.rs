@@ -13,7 +13,8 @@ pub mod genome;
 pub mod nsga2;
 pub mod target;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Subject};
+use crate::quant::Activation;
 use crate::sensitivity::Sensitivity;
 use fitness::Evaluator;
 use genome::{Gene, Genome, NamedGenome, Space};
@@ -156,7 +157,7 @@ pub fn run(
     let space = evaluator.space();
     if settings.population < 2 {
         return Err(Error::invalid(
-            Path::new("--population"),
+            Subject::option("--population"),
             "must be at least 2",
         ));
     }
@@ -379,15 +380,15 @@ fn seed_genomes(space: &Space, guide: &Guide, settings: &Settings) -> Vec<(Strin
     let mut seeds: Vec<(String, Genome)> = formats
         .iter()
         .filter_map(|&f| {
-            let bits = *space
-                .activation_bits
+            let activation = *space
+                .activations
                 .iter()
-                .find(|b| space.pair_legal(f, **b))?;
-            let name = match bits {
-                Some(b) => format!("uniform {f} a{b}"),
-                None => format!("uniform {f}"),
+                .find(|a| space.pair_legal(f, **a))?;
+            let name = match activation {
+                Activation::Float => format!("uniform {f}"),
+                a => format!("uniform {f} {a}"),
             };
-            space.uniform(f, calibrator, bits).map(|g| (name, g))
+            space.uniform(f, calibrator, activation).map(|g| (name, g))
         })
         .collect();
     if guide.has_sensitivity() {
@@ -402,15 +403,18 @@ fn seed_genomes(space: &Space, guide: &Guide, settings: &Settings) -> Vec<(Strin
         budgets.extend(settings.constraints.max_bpw);
         // The spread of budgets with the first activation option that every tensor can run
         // with, and the limit itself with each other option.
-        for (k, &bits) in space.activation_bits.iter().enumerate() {
-            let label = bits.map_or(String::new(), |b| format!(" a{b}"));
+        for (k, &activation) in space.activations.iter().enumerate() {
+            let label = match activation {
+                Activation::Float => String::new(),
+                a => format!(" {a}"),
+            };
             let budgets = if k == 0 || seeds.iter().all(|(o, _)| !o.starts_with("lagrangian")) {
                 budgets.clone()
             } else {
                 settings.constraints.max_bpw.into_iter().collect()
             };
             for &bpw in &budgets {
-                let Some(g) = guide.lagrangian(space, bpw, calibrator, bits) else {
+                let Some(g) = guide.lagrangian(space, bpw, calibrator, activation) else {
                     continue;
                 };
                 if space.bits_per_weight(&g) <= bpw + 1e-9 && !seeds.iter().any(|(_, s)| *s == g) {
@@ -435,9 +439,7 @@ fn crossover(a: &Genome, b: &Genome, space: &Space, rng: &mut impl Rng) -> Genom
             .enumerate()
             .map(|(i, s)| pick(s.layer).genes[i])
             .collect(),
-        activation_bits: (0..space.layers)
-            .map(|l| pick(l).activation_bits[l])
-            .collect(),
+        activations: (0..space.layers).map(|l| pick(l).activations[l]).collect(),
     }
 }
 
@@ -495,15 +497,15 @@ impl Guide {
         }
     }
 
-    /// Per tensor, the format (among those that run with activations at `bits`) minimising
+    /// Per tensor, the format (among those that run with `activation` inputs) minimising
     /// loss + lambda * bytes, with lambda bisected so the total stays within `bpw` (the largest
-    /// lambda-feasible allocation); `None` if some tensor has no format for `bits`.
+    /// lambda-feasible allocation); `None` if some tensor has no format for `activation`.
     fn lagrangian(
         &self,
         space: &Space,
         bpw: f64,
         calibrator: crate::quant::Calibrator,
-        bits: Option<u32>,
+        activation: Activation,
     ) -> Option<Genome> {
         let legal: Vec<Vec<crate::quant::Format>> = space
             .slots
@@ -512,7 +514,7 @@ impl Guide {
                 s.formats
                     .iter()
                     .copied()
-                    .filter(|f| space.pair_legal(*f, bits))
+                    .filter(|f| space.pair_legal(*f, activation))
                     .collect()
             })
             .collect();
@@ -537,7 +539,7 @@ impl Guide {
                     Gene { format, calibrator }
                 })
                 .collect(),
-            activation_bits: vec![bits; space.layers],
+            activations: vec![activation; space.layers],
         };
         let (mut lo, mut hi) = (0.0f64, 1.0f64);
         while space.bits_per_weight(&alloc(hi)) > bpw && hi < 1e30 {
@@ -555,7 +557,7 @@ impl Guide {
     }
 
     /// A child of `g`: mostly a [`Self::step`] (`shrink` as there); now and then the
-    /// calibrator of a tensor or a layer's activation bits change instead.
+    /// calibrator of a tensor or a layer's activations change instead.
     fn mutate(
         &self,
         g: &Genome,
@@ -571,24 +573,24 @@ impl Guide {
                 space.calibrators[rng.random_range(0..space.calibrators.len())];
             return child;
         }
-        if roll < 0.2 && space.activation_bits.len() > 1 {
+        if roll < 0.2 && space.activations.len() > 1 {
             let l = rng.random_range(0..space.layers);
             // Only options every tensor of the layer may run with.
-            let options: Vec<Option<u32>> = space
-                .activation_bits
+            let options: Vec<Activation> = space
+                .activations
                 .iter()
                 .copied()
-                .filter(|b| {
+                .filter(|a| {
                     space
                         .slots
                         .iter()
                         .zip(&child.genes)
                         .filter(|(s, _)| s.layer == l)
-                        .all(|(_, g)| space.pair_legal(g.format, *b))
+                        .all(|(_, g)| space.pair_legal(g.format, *a))
                 })
                 .collect();
             if !options.is_empty() {
-                child.activation_bits[l] = options[rng.random_range(0..options.len())];
+                child.activations[l] = options[rng.random_range(0..options.len())];
             }
             return child;
         }
@@ -610,7 +612,7 @@ impl Guide {
                 let at = s.formats.iter().position(|f| *f == child.genes[i].format)?;
                 let to = if down { at.checked_sub(1)? } else { at + 1 };
                 let f = *s.formats.get(to)?;
-                if !space.pair_legal(f, child.activation_bits[s.layer]) {
+                if !space.pair_legal(f, child.activations[s.layer]) {
                     return None;
                 }
                 let dl = (self.slot_loss(space, i, f)
@@ -694,42 +696,6 @@ fn save_state(
     let text = serde_json::to_vec(&state)
         .map_err(|e| Error::invalid(path, format!("cannot serialise the search state: {e}")))?;
     crate::checkpoint::write::write_atomic(path, &text)
-}
-
-impl Outcome {
-    /// The front as an SVG plot of loss (`metric`, log scale) against bits per weight,
-    /// coloured by estimated latency, the selected point ringed.
-    pub fn pareto_svg(&self, metric: &str) -> String {
-        let points: Vec<(f64, f64, f64, String)> = self
-            .front
-            .iter()
-            .map(|p| {
-                let f = &p.fitness;
-                (
-                    f.bits_per_weight,
-                    f.loss,
-                    f.latency_ms,
-                    format!(
-                        "{}: {:.3} bpw, {metric} {:.3e}, {:.3} ms, {:.3} mJ (estimates)",
-                        p.origin, f.bits_per_weight, f.loss, f.latency_ms, f.energy_mj
-                    ),
-                )
-            })
-            .collect();
-        let highlight = self
-            .selected
-            .as_ref()
-            .and_then(|s| self.front.iter().position(|p| p.genome == s.genome));
-        crate::report::svg::Scatter {
-            title: &format!("Pareto front: {metric} vs bits per weight"),
-            x_label: "bits per weight (quantized tensors)",
-            y_label: metric,
-            colour_label: "latency ms (estimate)",
-            points: &points,
-            highlight,
-        }
-        .render()
-    }
 }
 
 /// Where the search state of an output directory lives.

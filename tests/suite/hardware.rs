@@ -7,7 +7,7 @@ use crate::common::qpipe;
 use qpipe::checkpoint::Checkpoint;
 use qpipe::hardware::{self, model_shapes, uniform, Bound, CostModel, MatmulShape, Target};
 use qpipe::quant::format::{GROUP_SIZES, INT_BITS};
-use qpipe::quant::{Format, Granularity, IntFormat, Scheme};
+use qpipe::quant::{Activation, Format, Granularity, IntFormat, Scheme};
 use std::path::Path;
 
 fn tiny_shapes() -> Vec<MatmulShape> {
@@ -59,7 +59,7 @@ fn fewer_bits_never_increase_memory() {
         let model = CostModel::new(&t);
         for g in granularities() {
             for scheme in [Scheme::Symmetric, Scheme::Asymmetric, Scheme::PowerOfTwo] {
-                for act in [None, Some(8), Some(16)] {
+                for act in Activation::ALL {
                     let memory: Vec<(u32, u64)> = INT_BITS
                         .iter()
                         .filter_map(|&bits| {
@@ -93,7 +93,7 @@ fn an_illegal_format_is_rejected_naming_the_target() {
     let trt = hardware::target("tensorrt").unwrap();
     let int2: Format = "int2-g32-sym".parse().unwrap();
     let e = CostModel::new(&trt)
-        .estimate(&uniform(&shapes, int2, None), 16)
+        .estimate(&uniform(&shapes, int2, Activation::Float), 16)
         .unwrap_err()
         .to_string();
     assert_eq!(
@@ -103,7 +103,10 @@ fn an_illegal_format_is_rejected_naming_the_target() {
     );
     let ane = hardware::target("apple-ane").unwrap();
     let e = CostModel::new(&ane)
-        .estimate(&uniform(&shapes, "q4_0".parse().unwrap(), None), 16)
+        .estimate(
+            &uniform(&shapes, "q4_0".parse().unwrap(), Activation::Float),
+            16,
+        )
         .unwrap_err()
         .to_string();
     assert!(
@@ -145,7 +148,7 @@ fn latency_is_monotone_in_bytes_for_memory_bound_shapes() {
         let model = CostModel::new(&t);
         let mut points: Vec<(u64, f64, String)> = Vec::new();
         for f in all_formats() {
-            for act in [None, Some(8), Some(16)] {
+            for act in Activation::ALL {
                 let Ok(c) = model.matmul(&uniform(std::slice::from_ref(&shape), f, act)[0], 1)
                 else {
                     continue;

@@ -3,11 +3,11 @@
 //! written, the packed file evaluates to the metrics it reports, and the binary given the same
 //! request writes the same bytes.
 
+use crate::common::{self, tiny};
 use qpipe::pipeline::eval::{evaluate, EvalRequest};
 use qpipe::pipeline::{
     compress, CompressRequest, Limits, Observer, SearchPlan, Silent, Stage, Start, Step, TextPlan,
 };
-use crate::common::{self, tiny};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;

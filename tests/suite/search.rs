@@ -5,7 +5,7 @@
 use qpipe::calib;
 use qpipe::checkpoint::Checkpoint;
 use qpipe::model::Model;
-use qpipe::quant::{Calibrator, Format};
+use qpipe::quant::{Activation, Calibrator, Format};
 use qpipe::reference::{batch, Baseline};
 use qpipe::search::fitness::Evaluator;
 use qpipe::search::genome::{Genome, Space};
@@ -65,7 +65,7 @@ fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
         &formats(),
         |_, _, _| true,
         vec![Calibrator::Mse],
-        vec![None],
+        vec![Activation::Float],
     )
     .unwrap();
     let settings = Settings {

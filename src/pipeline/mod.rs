@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod output;
 pub mod policy;
 pub mod summary;
+pub mod targets;
 
 pub use compress::{compress, CompressRequest, Limits, SearchPlan, Start, TextPlan};
 

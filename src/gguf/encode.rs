@@ -43,9 +43,10 @@ impl Sink<'_> {
         self.bytes(&vec![0u8; n as usize])
     }
 
-    /// A metadata value, preceded by its type id when `typed` (array elements are not).
-    pub(super) fn value(&mut self, key: &str, v: &Value, typed: bool) -> Result<()> {
-        if typed {
+    /// A metadata value: a key's value is preceded by its type id, an array element is not
+    /// (the array states its element type once).
+    pub(super) fn value(&mut self, key: &str, v: &Value, place: Place) -> Result<()> {
+        if place == Place::KeyValue {
             self.u32(value_type_id(v))?;
         }
         match v {
@@ -71,10 +72,21 @@ impl Sink<'_> {
                 }
                 self.u32(element)?;
                 self.u64(items.len() as u64)?;
-                items.iter().try_for_each(|i| self.value(key, i, false))
+                items
+                    .iter()
+                    .try_for_each(|i| self.value(key, i, Place::Element))
             }
         }
     }
+}
+
+/// Where a metadata value is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    /// As the value of a key (with its type id).
+    KeyValue,
+    /// As an element of an array (without).
+    Element,
 }
 
 /// GGUF's metadata value type id (`enum gguf_type`).

@@ -87,17 +87,26 @@ pub fn permuted_heads(arch: &str, hf: &str, heads: usize, kv_heads: usize) -> Op
 /// becomes GGUF row `2i + j`. Works for weights (rows of `values.len() / (heads * d)` columns)
 /// and biases (one column).
 pub fn permute_rows(values: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
-    move_rows(values, heads, head_dim, true)
+    move_rows(values, heads, head_dim, Order::Gguf)
 }
 
 /// Undoes llama.cpp's `permute` (for import): GGUF row `2i + j` of each head becomes HF row
 /// `j * d/2 + i`.
 pub fn unpermute_rows(values: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
-    move_rows(values, heads, head_dim, false)
+    move_rows(values, heads, head_dim, Order::Hf)
 }
 
-/// Moves rows between the HF and GGUF orders, in the direction `to_gguf` says.
-fn move_rows(values: &[f32], heads: usize, head_dim: usize, to_gguf: bool) -> Vec<f32> {
+/// The row order of Q and K within each head.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Hugging Face's: the two rotated halves one after the other.
+    Hf,
+    /// llama.cpp's: the halves interleaved.
+    Gguf,
+}
+
+/// Rows of `values` rearranged into the order `to` (from the other one).
+fn move_rows(values: &[f32], heads: usize, head_dim: usize, to: Order) -> Vec<f32> {
     let cols = values.len() / (heads * head_dim).max(1);
     let half = head_dim / 2;
     let mut out = vec![0f32; values.len()];
@@ -106,7 +115,10 @@ fn move_rows(values: &[f32], heads: usize, head_dim: usize, to_gguf: bool) -> Ve
             for j in 0..2 {
                 let gguf = (h * head_dim + 2 * i + j) * cols;
                 let hf = (h * head_dim + j * half + i) * cols;
-                let (src, dst) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
+                let (src, dst) = match to {
+                    Order::Gguf => (hf, gguf),
+                    Order::Hf => (gguf, hf),
+                };
                 out[dst..dst + cols].copy_from_slice(&values[src..src + cols]);
             }
         }

@@ -13,7 +13,7 @@
 //! Tensors without a chosen type are written as F32 (norms, and the embedding unless chosen),
 //! so llama.cpp computes what qpipe's own evaluation computes for the same choice of types.
 
-use super::encode::Sink;
+use super::encode::{Place, Sink};
 use super::vocab;
 use crate::checkpoint::write::atomically;
 use crate::checkpoint::{Checkpoint, TensorView};
@@ -110,7 +110,7 @@ pub fn write(
         w.u64(metadata.len() as u64)?;
         for (key, value) in &metadata {
             w.string(key)?;
-            w.value(key, value, true)?;
+            w.value(key, value, Place::KeyValue)?;
         }
         for (p, offset) in plan.iter().zip(&offsets) {
             w.string(&p.gguf)?;

@@ -6,6 +6,7 @@
 //! bits need zero-points beyond u8, so this is separate from the weight [`super::Quantizer`].
 
 use super::calibrate::activation_range;
+use super::format::Symmetry;
 use super::{Calibrator, Histogram};
 use candle_core::Tensor;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -113,7 +114,8 @@ pub struct ActivationQuant {
 
 impl ActivationQuant {
     /// The quantizer covering `[lo, hi]` (widened to include 0).
-    pub fn new(bits: u32, symmetric: bool, lo: f32, hi: f32) -> Result<Self, String> {
+    pub fn new(bits: u32, symmetry: Symmetry, lo: f32, hi: f32) -> Result<Self, String> {
+        let symmetric = symmetry == Symmetry::Symmetric;
         if Activation::quantized(bits).is_none() {
             return Err(format!(
                 "activations are quantized to 8 or 16 bits, not {bits}"
@@ -146,10 +148,10 @@ impl ActivationQuant {
         cal: Calibrator,
         h: &Histogram,
         bits: u32,
-        symmetric: bool,
+        symmetry: Symmetry,
     ) -> Result<Self, String> {
-        let (lo, hi) = activation_range(cal, h, bits, symmetric);
-        Self::new(bits, symmetric, lo, hi)
+        let (lo, hi) = activation_range(cal, h, bits, symmetry);
+        Self::new(bits, symmetry, lo, hi)
     }
 
     /// The code range `(min, max)`.
@@ -189,8 +191,15 @@ mod tests {
     fn error_is_at_most_half_a_step_inside_the_range_and_clipped_outside() {
         let xs = values();
         let t = Tensor::new(xs.as_slice(), &Device::Cpu).unwrap();
-        for (bits, symmetric) in [(8, true), (8, false), (16, true), (16, false)] {
-            let q = ActivationQuant::new(bits, symmetric, -1.0, 1.5).unwrap();
+        use Symmetry::{Asymmetric, Symmetric};
+        for (bits, symmetry) in [
+            (8, Symmetric),
+            (8, Asymmetric),
+            (16, Symmetric),
+            (16, Asymmetric),
+        ] {
+            let q = ActivationQuant::new(bits, symmetry, -1.0, 1.5).unwrap();
+            let symmetric = symmetry == Symmetric;
             let out: Vec<f32> = q.apply(&t).unwrap().to_vec1().unwrap();
             let (lo, hi) = if symmetric { (-1.5, 1.5) } else { (-1.0, 1.5) };
             for (&x, &y) in xs.iter().zip(&out) {
@@ -200,8 +209,8 @@ mod tests {
             }
         }
         // 16 bits is ~256x finer than 8.
-        let a8 = ActivationQuant::new(8, false, -1.0, 1.5).unwrap();
-        let a16 = ActivationQuant::new(16, false, -1.0, 1.5).unwrap();
+        let a8 = ActivationQuant::new(8, Symmetry::Asymmetric, -1.0, 1.5).unwrap();
+        let a16 = ActivationQuant::new(16, Symmetry::Asymmetric, -1.0, 1.5).unwrap();
         assert!((a8.scale / a16.scale - 257.0).abs() < 1.0);
     }
 
@@ -236,10 +245,10 @@ mod tests {
 
     #[test]
     fn zero_is_exact_and_bad_requests_are_refused() {
-        let q = ActivationQuant::new(8, false, -0.3, 2.0).unwrap();
+        let q = ActivationQuant::new(8, Symmetry::Asymmetric, -0.3, 2.0).unwrap();
         let z = Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap();
         assert_eq!(q.apply(&z).unwrap().to_vec1::<f32>().unwrap(), vec![0.0; 3]);
-        assert!(ActivationQuant::new(4, true, -1.0, 1.0).is_err());
-        assert!(ActivationQuant::new(8, true, f32::NAN, 1.0).is_err());
+        assert!(ActivationQuant::new(4, Symmetry::Symmetric, -1.0, 1.0).is_err());
+        assert!(ActivationQuant::new(8, Symmetry::Symmetric, f32::NAN, 1.0).is_err());
     }
 }

@@ -11,9 +11,9 @@
 //! - `entropy`: TensorRT's threshold search minimising KL(P || Q) between the magnitude
 //!   histogram clipped at the threshold and its quantized version.
 
-use super::format::{IntFormat, Scheme};
+use super::format::{IntFormat, Scheme, Symmetry};
 use super::histogram::Histogram;
-use super::quantizer::{batch_sq_errors, finite_range, Quantizer, BATCH};
+use super::quantizer::{batch_sq_errors, finite_range, Quantizer, ScaleRounding, BATCH};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -111,7 +111,7 @@ impl ClipError for WeightClip<'_> {
                 self.fmt.scheme,
                 self.lo * r,
                 self.hi * r,
-                true,
+                ScaleRounding::UpToF16,
             )?;
         }
         Ok(batch_sq_errors(&qs[..rs.len()], self.xs, self.imp))
@@ -168,7 +168,7 @@ pub fn weight_quantizer(
     let (lo, hi) = finite_range(xs)?;
     #[inline(always)]
     fn q_for(fmt: IntFormat, lo: f32, hi: f32) -> Result<Quantizer, String> {
-        Quantizer::for_range(fmt.bits, fmt.scheme, lo, hi, true)
+        Quantizer::for_range(fmt.bits, fmt.scheme, lo, hi, ScaleRounding::UpToF16)
     }
     let q = |lo, hi| q_for(fmt, lo, hi);
     match cal {
@@ -324,7 +324,7 @@ impl<C: Fn(f32) -> (f32, f32)> ClipError for HistogramClip<'_, C> {
         let mut es = [0f64; BATCH];
         for (e, &r) in es.iter_mut().zip(rs) {
             let (lo, hi) = (self.clip)(self.h.absmax() * r);
-            let q = Quantizer::for_range(self.bits, self.scheme, lo, hi, false)?;
+            let q = Quantizer::for_range(self.bits, self.scheme, lo, hi, ScaleRounding::Exact)?;
             *e = self
                 .h
                 .centres()
@@ -336,12 +336,17 @@ impl<C: Fn(f32) -> (f32, f32)> ClipError for HistogramClip<'_, C> {
 }
 
 /// The per-tensor activation range `cal` picks from histogram `h` for `bits`.
-pub fn activation_range(cal: Calibrator, h: &Histogram, bits: u32, symmetric: bool) -> (f32, f32) {
+pub fn activation_range(
+    cal: Calibrator,
+    h: &Histogram,
+    bits: u32,
+    symmetry: Symmetry,
+) -> (f32, f32) {
     if h.count() == 0 {
         return (0.0, 0.0);
     }
     let clip = |t: f32| {
-        if symmetric {
+        if symmetry == Symmetry::Symmetric {
             (-t, t)
         } else {
             (h.min().max(-t), h.max().min(t))
@@ -351,7 +356,7 @@ pub fn activation_range(cal: Calibrator, h: &Histogram, bits: u32, symmetric: bo
         Calibrator::MinMax => clip(h.absmax()),
         Calibrator::Percentile(p) => {
             let p = p as f64 / 10_000.0;
-            if symmetric {
+            if symmetry == Symmetry::Symmetric {
                 clip(h.abs_quantile(p))
             } else {
                 (h.quantile(1.0 - p), h.quantile(p))
@@ -364,10 +369,9 @@ pub fn activation_range(cal: Calibrator, h: &Histogram, bits: u32, symmetric: bo
             usize::MAX,
         )),
         Calibrator::Mse => {
-            let scheme = if symmetric {
-                Scheme::Symmetric
-            } else {
-                Scheme::Asymmetric
+            let scheme = match symmetry {
+                Symmetry::Symmetric => Scheme::Symmetric,
+                Symmetry::Asymmetric => Scheme::Asymmetric,
             };
             let mut hist = HistogramClip {
                 h,

@@ -319,6 +319,15 @@ impl FromStr for Format {
     }
 }
 
+/// Whether an activation range is centred on zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Symmetry {
+    /// Zero-point 0, codes ±(2^(b-1) - 1): the range is ±absmax.
+    Symmetric,
+    /// Codes 0..2^b - 1 over [min, max] (widened to include 0).
+    Asymmetric,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

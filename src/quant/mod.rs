@@ -37,10 +37,10 @@ pub mod by_name {
     }
 }
 pub use calibrate::Calibrator;
-pub use format::{FloatType, Format, GgufType, Granularity, IntFormat, Scheme};
+pub use format::{FloatType, Format, GgufType, Granularity, IntFormat, Scheme, Symmetry};
 pub use histogram::Histogram;
 pub use int::IntQuantized;
-pub use quantizer::Quantizer;
+pub use quantizer::{Quantizer, ScaleRounding};
 
 /// A weight matrix stored in some format.
 pub enum QuantizedTensor {

@@ -39,16 +39,25 @@ fn sum_lanes(a: &[f32; LANES]) -> f64 {
     (((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))) as f64
 }
 
+/// How a quantizer's scale is rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleRounding {
+    /// Up to the next f16, as weight scales are stored, so the range stays covered.
+    UpToF16,
+    /// Kept as computed (scales that are never stored, e.g. while searching a histogram).
+    Exact,
+}
+
 impl Quantizer {
-    /// The quantizer covering [lo, hi] with `bits` and `scheme`. With `f16_scale` the scale is
-    /// rounded up to the next f16 (as stored), so the range stays covered.
+    /// The quantizer covering [lo, hi] with `bits` and `scheme`, its scale rounded as `scale`
+    /// says.
     #[inline(always)]
     pub fn for_range(
         bits: u32,
         scheme: Scheme,
         lo: f32,
         hi: f32,
-        f16_scale: bool,
+        scale: ScaleRounding,
     ) -> Result<Self, String> {
         let levels = ((1u32 << bits) - 1) as f32;
         let half = (1u32 << (bits - 1)) as f32;
@@ -67,7 +76,10 @@ impl Quantizer {
                 (p, 1.0)
             }
         };
-        let scale = if f16_scale { round_up_f16(raw)? } else { raw };
+        let scale = match scale {
+            ScaleRounding::UpToF16 => round_up_f16(raw)?,
+            ScaleRounding::Exact => raw,
+        };
         // One division per quantizer: the mse search builds one per candidate ratio.
         let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
         let zero = match scheme {

@@ -15,7 +15,7 @@ use super::genome::{Gene, Genome, Space};
 use crate::calib::Stats;
 use crate::error::{Error, Result, Subject};
 use crate::model::{Model, Overrides};
-use crate::quant::{Activation, ActivationQuant, Calibrator, Format};
+use crate::quant::{Activation, ActivationQuant, Calibrator, Format, Symmetry};
 use crate::reference::{layers, Baseline};
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -141,9 +141,13 @@ impl<'a> Evaluator<'a> {
             let mut quants = HashMap::new();
             for &a in &space.activations {
                 let Some(bits) = a.bits() else { continue };
-                let q =
-                    ActivationQuant::calibrated(ACTIVATION_CALIBRATOR, &s.histogram, bits, false)
-                        .map_err(|m| Error::invalid(Subject::tensor(&slot.name), m))?;
+                let q = ActivationQuant::calibrated(
+                    ACTIVATION_CALIBRATOR,
+                    &s.histogram,
+                    bits,
+                    Symmetry::Asymmetric,
+                )
+                .map_err(|m| Error::invalid(Subject::tensor(&slot.name), m))?;
                 quants.insert(a, q);
             }
             activation.push(quants);

@@ -9,7 +9,7 @@ use qpipe::calib::{self, Stats};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::model::llama::{sequence_logits, Llama};
 use qpipe::model::Model;
-use qpipe::quant::{ActivationQuant, Calibrator};
+use qpipe::quant::{ActivationQuant, Calibrator, Symmetry};
 use std::path::Path;
 
 struct Setup {
@@ -57,7 +57,7 @@ fn kld(s: &Setup, layers: &[usize], cal: Calibrator, bits: u32) -> f64 {
     for &i in layers {
         let h = &s.stats.linears[i].histogram;
         linears[i].set_input_quant(Some(
-            ActivationQuant::calibrated(cal, h, bits, false).unwrap(),
+            ActivationQuant::calibrated(cal, h, bits, Symmetry::Asymmetric).unwrap(),
         ));
     }
     let kld = common::mean_kld(llama(&s.model), &s.held_out, &s.reference);
@@ -96,7 +96,7 @@ fn check(name: &str, s: &Setup, clip_must_win: bool) {
             Calibrator::ALL
                 .iter()
                 .map(|&c| {
-                    ActivationQuant::calibrated(c, &l.histogram, 8, false)
+                    ActivationQuant::calibrated(c, &l.histogram, 8, Symmetry::Asymmetric)
                         .unwrap()
                         .scale
                 })

@@ -4,7 +4,8 @@ use crate::common::synthetic::normal_values;
 use proptest::prelude::*;
 use qpipe::quant::calibrate::{activation_range, entropy_threshold, weight_quantizer};
 use qpipe::quant::{
-    self, int, Calibrator, Format, GgufType, Granularity, Histogram, IntFormat, Quantizer, Scheme,
+    self, int, Calibrator, Format, GgufType, Granularity, Histogram, IntFormat, Quantizer,
+    ScaleRounding, Scheme, Symmetry,
 };
 
 fn int_format(bits: u32, granularity: Granularity, scheme: Scheme) -> IntFormat {
@@ -269,14 +270,15 @@ fn activation_calibrators_differ_and_clip_heavy_tails() {
     let h = Histogram::of(&x);
     for bits in [8u32, 4] {
         let err = |(lo, hi): (f32, f32)| {
-            let q = Quantizer::for_range(bits, Scheme::Symmetric, lo, hi, false).unwrap();
+            let q = Quantizer::for_range(bits, Scheme::Symmetric, lo, hi, ScaleRounding::Exact)
+                .unwrap();
             x.iter()
                 .map(|&v| ((v - q.fake(v)) as f64).powi(2))
                 .sum::<f64>()
         };
         let ranges: Vec<(Calibrator, (f32, f32))> = Calibrator::ALL
             .iter()
-            .map(|&c| (c, activation_range(c, &h, bits, true)))
+            .map(|&c| (c, activation_range(c, &h, bits, Symmetry::Symmetric)))
             .collect();
         for (c, r) in &ranges {
             println!("A{bits} {c}: range {r:?} sq error {:.4e}", err(*r));
@@ -302,7 +304,12 @@ fn activation_calibrators_differ_and_clip_heavy_tails() {
     }
     // Asymmetric ranges follow the data's own sign split.
     let pos: Vec<f32> = x.iter().map(|v| v.abs()).collect();
-    let (lo, hi) = activation_range(Calibrator::MinMax, &Histogram::of(&pos), 8, false);
+    let (lo, hi) = activation_range(
+        Calibrator::MinMax,
+        &Histogram::of(&pos),
+        8,
+        Symmetry::Asymmetric,
+    );
     assert!(lo >= 0.0 && hi > 0.0);
 }
 

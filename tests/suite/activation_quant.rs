@@ -159,6 +159,7 @@ fn check(name: &str, s: &Setup, clip_must_win: bool) {
 #[test]
 #[ignore]
 fn every_smollm2_layer_by_calibrator() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("smollm2-135m") else {
         return;
     };
@@ -222,6 +223,7 @@ fn every_smollm2_layer_by_calibrator() {
 
 #[test]
 fn activation_quantization_on_the_demo_model() {
+    let _cpu = common::busy();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
     // Its tails are mild (absmax / p99.9 <= 6.3): clipping is reported, not required, to win.
     check("models/tiny", &setup(&dir, 1024, 4), false);
@@ -229,6 +231,7 @@ fn activation_quantization_on_the_demo_model() {
 
 #[test]
 fn activation_quantization_on_smollm2() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("smollm2-135m") else {
         return;
     };

@@ -2,6 +2,7 @@
 //! through the statistics file, importance checked against recorded inputs, and the top-K
 //! reference KL against the full-vocabulary KL.
 
+use crate::common;
 use qpipe::calib::{self, Stats};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::eval::metrics::compare_logits;
@@ -30,6 +31,7 @@ fn collect_on(threads: usize, model: &Model, seqs: &[&[u32]]) -> Stats {
 
 #[test]
 fn statistics_are_identical_for_one_and_two_threads_and_survive_a_round_trip() {
+    let _cpu = common::busy();
     let (model, ids) = tiny();
     let seqs = qpipe::data::sequences(&ids, 128, 512);
     let one = collect_on(1, &model, &seqs);
@@ -62,6 +64,7 @@ fn statistics_are_identical_for_one_and_two_threads_and_survive_a_round_trip() {
 
 #[test]
 fn importance_is_the_mean_square_of_the_recorded_inputs() {
+    let _cpu = common::busy();
     let (model, ids) = tiny();
     let seqs = qpipe::data::sequences(&ids, 64, 128);
     let stats = calib::collect(&model, &seqs, 8).unwrap();
@@ -98,6 +101,7 @@ fn importance_is_the_mean_square_of_the_recorded_inputs() {
 
 #[test]
 fn top_k_reference_kl_bounds_and_tracks_the_full_kl() {
+    let _cpu = common::busy();
     let (model, ids) = tiny();
     let seqs = qpipe::data::sequences(&ids, 128, 256);
     let refs: Vec<_> = [64, 256]

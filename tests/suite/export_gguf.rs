@@ -108,6 +108,7 @@ fn meta_u32(c: &Content, key: &str) -> u32 {
 
 #[test]
 fn candle_reads_it_back_and_import_gives_the_fake_quantized_weights() {
+    let _cpu = common::busy();
     let dir = tempfile::tempdir().unwrap();
     let (path, written) = export(dir.path());
     let ckpt = Checkpoint::open(tiny_dir()).unwrap();
@@ -262,6 +263,7 @@ fn gguf_py() -> Option<PathBuf> {
 
 #[test]
 fn llama_cpp_gguf_py_reads_the_chosen_types_shapes_and_metadata() {
+    let _cpu = common::busy();
     let Some(lib) = gguf_py() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (path, written) = export(dir.path());
@@ -408,6 +410,7 @@ fn failed(ckpt: &Checkpoint, types: &HashMap<String, GgufType>, dir: &Path) -> S
 
 #[test]
 fn bad_choices_and_inputs_fail_in_one_line_and_leave_no_file() {
+    let _cpu = common::busy();
     let ckpt = Checkpoint::open(tiny_dir()).unwrap();
     let out = tempfile::tempdir().unwrap();
 

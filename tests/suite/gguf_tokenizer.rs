@@ -59,6 +59,7 @@ fn assert_round_trip(tokenizer: &Tokenizer, text: &str, what: &str) -> Vec<u32> 
 
 #[test]
 fn moby_dick_and_sotu_round_trip() {
+    let _cpu = common::busy();
     let Some(path) = gguf_path() else { return };
     let tokenizer = smollm2(&path);
     let moby = repo_file("calibration-data/moby-dick-eval.txt");
@@ -82,6 +83,7 @@ fn moby_dick_and_sotu_round_trip() {
 
 #[test]
 fn every_digit_is_its_own_token() {
+    let _cpu = common::busy();
     let Some(path) = gguf_path() else { return };
     let tokenizer = smollm2(&path);
     let digit = |d: &str| tokenizer.token_to_id(d).expect("digit token");
@@ -98,6 +100,7 @@ fn every_digit_is_its_own_token() {
 
 #[test]
 fn special_tokens_and_no_implicit_bos() {
+    let _cpu = common::busy();
     let Some(path) = gguf_path() else { return };
     let tokenizer = smollm2(&path);
     // add_bos_token and add_eos_token are false: asking for special tokens adds none.
@@ -159,6 +162,7 @@ fn assert_same_ids(tokenizer: &Tokenizer, case: &Case, ours: &[u32], source: &st
 
 #[test]
 fn ids_match_llama_cpp() {
+    let _cpu = common::busy();
     let Some(path) = gguf_path() else { return };
     let tokenizer = smollm2(&path);
     let reference: Reference = serde_json::from_str(&repo_file(

@@ -66,6 +66,7 @@ fn measure(name: &str, dir: &Path, calib_tokens: usize, eval_windows: usize) {
 
 #[test]
 fn importance_weighted_mse_on_the_demo_model() {
+    let _cpu = common::busy();
     measure(
         "models/tiny",
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"),
@@ -76,6 +77,7 @@ fn importance_weighted_mse_on_the_demo_model() {
 
 #[test]
 fn importance_weighted_mse_on_smollm2() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("smollm2-135m") else {
         return;
     };
@@ -84,6 +86,7 @@ fn importance_weighted_mse_on_smollm2() {
 
 #[test]
 fn importance_weighted_mse_on_minilm() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("all-minilm-l6-v2") else {
         return;
     };

@@ -18,6 +18,7 @@ fn eval_tokens(dir: &Path, n: usize) -> Vec<u32> {
 
 #[test]
 fn smollm2_logits_equal_candle_transformers() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("smollm2-135m") else {
         return;
     };
@@ -39,6 +40,7 @@ fn smollm2_logits_equal_candle_transformers() {
 
 #[test]
 fn smollm2_perplexity_on_moby_dick_chapter_1_is_about_78() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("smollm2-135m") else {
         return;
     };
@@ -53,6 +55,7 @@ fn smollm2_perplexity_on_moby_dick_chapter_1_is_about_78() {
 
 #[test]
 fn swapping_a_weight_changes_logits_and_reset_restores_them_exactly() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("smollm2-135m") else {
         return;
     };

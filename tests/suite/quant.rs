@@ -1,6 +1,6 @@
 //! Quantization core: error bounds, calibrator properties, GGUF against candle, determinism.
 
-use crate::common::synthetic::normal_values;
+use crate::common::{self, synthetic::normal_values};
 use proptest::prelude::*;
 use qpipe::quant::calibrate::{activation_range, entropy_threshold, weight_quantizer};
 use qpipe::quant::{
@@ -251,6 +251,7 @@ fn reference_entropy_amax(hist: &[u64], width: f32, num_bits: u32) -> f32 {
 
 #[test]
 fn entropy_threshold_matches_the_reference_algorithm() {
+    let _cpu = common::busy();
     for (seed, bits) in [(1u64, 8u32), (2, 6), (3, 4)] {
         let h = Histogram::of(&student_t(200_000, seed));
         let mag: Vec<u64> = h.magnitudes();
@@ -265,6 +266,7 @@ fn entropy_threshold_matches_the_reference_algorithm() {
 
 #[test]
 fn activation_calibrators_differ_and_clip_heavy_tails() {
+    let _cpu = common::busy();
     let x = student_t(500_000, 21);
     let h = Histogram::of(&x);
     for bits in [8u32, 4] {
@@ -378,6 +380,7 @@ fn gguf_formats_match_candle_and_llama_cpp_sizes() {
 
 #[test]
 fn quantization_is_identical_for_any_thread_count() {
+    let _cpu = common::busy();
     let (rows, cols) = (256, 1024);
     let w = student_t(rows * cols, 8);
     let imp: Vec<f32> = (0..cols).map(|i| 1.0 + (i % 7) as f32).collect();

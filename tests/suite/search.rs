@@ -2,6 +2,7 @@
 //! seed, its front does not depend on the thread count, and a search interrupted after one
 //! generation and resumed from its state file ends where an uninterrupted one does.
 
+use crate::common;
 use qpipe::calib;
 use qpipe::checkpoint::Checkpoint;
 use qpipe::eval::baseline::{batch, Baseline};
@@ -36,6 +37,7 @@ fn formats() -> Vec<Format> {
 
 #[test]
 fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
+    let _cpu = common::busy();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let ckpt = Checkpoint::open(root.join("models/tiny")).unwrap();
     let tok = qpipe::data::tokenizer(&ckpt).unwrap();

@@ -57,6 +57,7 @@ fn analyse(model: &Model, seqs: &[&[u32]], stats: &Stats, options: &Options) -> 
 
 #[test]
 fn prefix_reuse_loss_equals_the_full_vocabulary_kld_of_the_quantized_model() {
+    let _cpu = common::busy();
     let (model, ids) = tiny();
     let Model::Llama(llama) = &model else {
         panic!("tiny is a Llama")
@@ -112,6 +113,7 @@ fn prefix_reuse_loss_equals_the_full_vocabulary_kld_of_the_quantized_model() {
 
 #[test]
 fn eight_bits_cost_less_than_two_and_reuse_and_threads_change_nothing() {
+    let _cpu = common::busy();
     let (model, ids) = tiny();
     let seqs = qpipe::data::sequences(&ids, 128, 256);
     let stats = calib::collect(&model, &seqs, 1).unwrap();
@@ -165,6 +167,7 @@ fn eight_bits_cost_less_than_two_and_reuse_and_threads_change_nothing() {
 
 #[test]
 fn cli_writes_json_and_svg_and_rejects_bad_input() {
+    let _cpu = common::busy();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sens");
     let tiny = root().join("models/tiny");
@@ -240,6 +243,7 @@ fn cli_writes_json_and_svg_and_rejects_bad_input() {
 
 #[test]
 fn estimated_losses_scale_the_proxy_by_the_measured_loss_per_proxy_and_track_measurements() {
+    let _cpu = common::busy();
     let (model, ids) = tiny();
     let seqs = qpipe::data::sequences(&ids, 128, 256);
     let stats = calib::collect(&model, &seqs, 1).unwrap();

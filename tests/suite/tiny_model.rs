@@ -22,6 +22,7 @@ fn held_out(n: usize) -> Vec<u32> {
 
 #[test]
 fn tiny_logits_equal_candle_transformers() {
+    let _cpu = common::busy();
     let model = Llama::load(&Checkpoint::open(tiny()).unwrap()).unwrap();
     let vocab = model.config().vocab_size;
     let tokens = held_out(200);
@@ -53,6 +54,7 @@ fn mean_kld(model: &Llama, format: &str, tokens: &[u32]) -> f64 {
 
 #[test]
 fn int8_channel_is_nearly_free_and_int2_tensor_is_not() {
+    let _cpu = common::busy();
     let model = Llama::load(&Checkpoint::open(tiny()).unwrap()).unwrap();
     let tokens = held_out(512);
     let int8 = mean_kld(&model, "int8-channel-sym", &tokens);

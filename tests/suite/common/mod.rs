@@ -3,6 +3,26 @@
 
 pub mod synthetic;
 
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The CPUs, between the tests of this binary (which run concurrently): a test that times the
+/// machine holds them exclusively ([`timing`]), every test that keeps a core busy for more than
+/// a tenth of a second holds them shared ([`busy`]), so no such work lands in the timings. (It
+/// would also run inside them: rayon's global pool is shared, and a thread waiting on its own
+/// parallel work runs other tests' jobs.)
+static CPU: RwLock<()> = RwLock::new(());
+
+/// Held for the whole of a test that keeps a core busy for more than a tenth of a second.
+pub fn busy() -> RwLockReadGuard<'static, ()> {
+    CPU.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Held for the whole of a test that times the machine: waits for the [`busy`] tests under way
+/// and holds off new ones.
+pub fn timing() -> RwLockWriteGuard<'static, ()> {
+    CPU.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A safetensors file assembled by hand: 8-byte length, `header` padded to 8 bytes, `data`.
 pub fn raw_safetensors(header: &str, data: &[u8]) -> Vec<u8> {
     let mut h = header.as_bytes().to_vec();

@@ -308,13 +308,7 @@ fn stats_do_not_depend_on_thread_count() {
     let path = dir.path().join("m.safetensors");
     write_tensors(&path, vec![("w", Dtype::F32, vec![2_500_000], planted())]);
     let c = Checkpoint::open(&path).unwrap();
-    let run = |threads| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| stats::compute(&c).unwrap())
-    };
+    let run = |threads| common::on_threads(threads, || stats::compute(&c).unwrap());
     let (one, two) = (run(1), run(2));
     assert_eq!(format!("{one:?}"), format!("{two:?}"));
 }

@@ -5,13 +5,9 @@
 use crate::common::{self, qpipe};
 use std::path::{Path, PathBuf};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
-
 /// Arguments of a small compress run of models/tiny on `target` into `out`, then `extra`.
 fn small(target: &str, out: &Path, extra: &[&str]) -> Vec<String> {
-    let tiny = root().join("models/tiny");
+    let tiny = common::tiny();
     let mut args: Vec<String> = [
         "compress",
         tiny.to_str().unwrap(),
@@ -109,7 +105,7 @@ fn compress_writes_a_packed_model_that_runs_as_measured_and_reruns_identically()
             "eval",
             out.to_str().unwrap(),
             "--reference",
-            root().join("models/tiny").to_str().unwrap(),
+            common::tiny().to_str().unwrap(),
             "--tokens",
             "512",
             "--seq-len",
@@ -229,7 +225,7 @@ fn bad_inputs_exit_2_with_one_line_and_leave_no_output() {
             "128",
         ])
     };
-    let tiny = root().join("models/tiny");
+    let tiny = common::tiny();
 
     // Truncated: the header promises more bytes than the file has.
     let broken = dir.path().join("broken");

@@ -21,11 +21,6 @@ fn smollm2(path: &Path) -> Tokenizer {
     qpipe::import::tokenizer::from_gguf(&content, path).expect("rebuild the tokenizer")
 }
 
-fn repo_file(relative: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn ids(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
     tokenizer
         .encode(text, true)
@@ -62,7 +57,7 @@ fn moby_dick_and_sotu_round_trip() {
     let _cpu = common::busy();
     let Some(path) = gguf_path() else { return };
     let tokenizer = smollm2(&path);
-    let moby = repo_file("calibration-data/moby-dick-eval.txt");
+    let moby = common::read_text("calibration-data/moby-dick-eval.txt");
     let ids = assert_round_trip(&tokenizer, &moby, "moby-dick-eval.txt");
     // English prose: roughly 4 characters per token. A broken vocabulary falls to bytes (~1).
     let chars_per_token = moby.chars().count() as f64 / ids.len() as f64;
@@ -71,7 +66,7 @@ fn moby_dick_and_sotu_round_trip() {
         "{chars_per_token:.2} characters per token"
     );
 
-    let sotu = repo_file("calibration-data/sotu-eval.txt");
+    let sotu = common::read_text("calibration-data/sotu-eval.txt");
     let sample: String = sotu.chars().take(100_000).collect();
     assert!(sample.chars().filter(char::is_ascii_digit).count() > 100);
     assert_round_trip(
@@ -165,7 +160,7 @@ fn ids_match_llama_cpp() {
     let _cpu = common::busy();
     let Some(path) = gguf_path() else { return };
     let tokenizer = smollm2(&path);
-    let reference: Reference = serde_json::from_str(&repo_file(
+    let reference: Reference = serde_json::from_str(&common::read_text(
         "tests/fixtures/smollm2_tokenizer_reference.json",
     ))
     .expect("parse the fixture");

@@ -8,10 +8,9 @@ use qpipe::checkpoint::Checkpoint;
 use qpipe::hardware::{self, model_shapes, uniform, Bound, CostModel, MatmulShape, Target};
 use qpipe::quant::format::{GROUP_SIZES, INT_BITS};
 use qpipe::quant::{Format, Granularity, IntFormat, Scheme};
-use std::path::Path;
 
 fn tiny_shapes() -> Vec<MatmulShape> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let dir = common::tiny();
     model_shapes(&Checkpoint::open(dir).unwrap())
 }
 
@@ -112,7 +111,7 @@ fn an_illegal_format_is_rejected_naming_the_target() {
         "{e}"
     );
     // The same through the CLI: one line on stderr, exit 2.
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let tiny = common::tiny();
     let (code, out, err) = qpipe(&[
         "targets",
         "--model",
@@ -175,7 +174,7 @@ fn a_measured_target_prints_its_validation_as_json() {
     // name, `--json` printed an empty document (and exit 0) for `host` and `llama-cpp`.
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("measurements.json");
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let tiny = common::tiny();
     let (code, out, err) = qpipe(&[
         "targets",
         "--model",

@@ -9,7 +9,6 @@
 use crate::common::{self, fetched_model};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::hardware::{self, model_shapes, Cache, MatmulShape};
-use std::path::Path;
 
 /// Largest |predicted / measured - 1| allowed on any shape.
 const LIMIT: f64 = 0.30;
@@ -51,7 +50,7 @@ fn report(target: &str, format: &str, shapes: &[MatmulShape], cache: &mut Cache)
 #[test]
 fn measured_models_predict_the_models_own_shapes_within_30_percent() {
     let _cpu = common::timing();
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let tiny = common::tiny();
     let mut shapes = model_shapes(&Checkpoint::open(tiny).unwrap());
     for name in ["smollm2-135m", "all-minilm-l6-v2"] {
         if let Some(dir) = fetched_model(name) {

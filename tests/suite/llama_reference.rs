@@ -5,16 +5,6 @@ use crate::common;
 use qpipe::checkpoint::Checkpoint;
 use qpipe::eval::metrics::perplexity;
 use qpipe::model::llama::{sequence_logits, Llama};
-use std::path::Path;
-
-fn eval_tokens(dir: &Path, n: usize) -> Vec<u32> {
-    let ckpt = Checkpoint::open(dir).unwrap();
-    let tok = qpipe::data::tokenizer(&ckpt).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let ids =
-        qpipe::data::encode_file(&tok, &root.join("calibration-data/moby-dick-eval.txt")).unwrap();
-    ids[..n].to_vec()
-}
 
 #[test]
 fn smollm2_logits_equal_candle_transformers() {
@@ -24,7 +14,7 @@ fn smollm2_logits_equal_candle_transformers() {
     };
     let ours = Llama::load(&Checkpoint::open(&dir).unwrap()).unwrap();
     let vocab = ours.config().vocab_size;
-    let tokens = eval_tokens(&dir, 96);
+    let tokens = common::held_out_tokens(&dir, 96);
     // Several lengths: every position of the longest is checked through its own prefix.
     for len in [1, 17, 96] {
         let ids = &tokens[..len];
@@ -46,7 +36,7 @@ fn smollm2_perplexity_on_moby_dick_chapter_1_is_about_78() {
     };
     let model = Llama::load(&Checkpoint::open(&dir).unwrap()).unwrap();
     let vocab = model.config().vocab_size;
-    let tokens = eval_tokens(&dir, 512);
+    let tokens = common::held_out_tokens(&dir, 512);
     let logits = sequence_logits(&model, &tokens).unwrap();
     let ppl = perplexity(&logits[..511 * vocab], vocab, &tokens[1..]).unwrap();
     eprintln!("SmolLM2-135M perplexity, first 512 tokens of Moby Dick chapter 1: {ppl:.2}");
@@ -60,7 +50,7 @@ fn swapping_a_weight_changes_logits_and_reset_restores_them_exactly() {
         return;
     };
     let model = Llama::load(&Checkpoint::open(&dir).unwrap()).unwrap();
-    let tokens = eval_tokens(&dir, 32);
+    let tokens = common::held_out_tokens(&dir, 32);
     let before = sequence_logits(&model, &tokens).unwrap();
     let layer = model.linears()[6 * 7 + 6]; // layer 6 down_proj
     layer

@@ -385,12 +385,8 @@ fn quantization_is_identical_for_any_thread_count() {
     let w = student_t(rows * cols, 8);
     let imp: Vec<f32> = (0..cols).map(|i| 1.0 + (i % 7) as f32).collect();
     let run = |threads, fmt: &str, cal| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
         let fmt: Format = fmt.parse().unwrap();
-        pool.install(|| {
+        common::on_threads(threads, || {
             quant::quantize(&w, rows, cols, fmt, cal, Some(&imp))
                 .unwrap()
                 .dequantize()

@@ -17,7 +17,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # The PyPI `gguf` package (llama.cpp's own Python reader) with pinned dependencies, in
-# models/.pylib for tests/export_gguf.rs: an implementation independent of candle's reads back
+# models/.pylib for tests/suite/export_gguf.rs: an implementation independent of candle's reads back
 # qpipe's GGUF exports. `--no-deps` with every dependency pinned keeps the install reproducible;
 # the marker holds the pins and the Python version, so a change of either reinstalls.
 PYLIB=models/.pylib

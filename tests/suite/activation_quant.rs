@@ -4,55 +4,12 @@
 //! Per-calibrator KLDs are printed (`--nocapture`): clipping SmolLM2's massive activations
 //! usually hurts, which is a finding, not a failure.
 
-use crate::common;
-use qpipe::calib::{self, Stats};
-use qpipe::checkpoint::Checkpoint;
-use qpipe::model::llama::{sequence_logits, Llama};
-use qpipe::model::Model;
+use crate::common::{self, Calibrated};
+use qpipe::calib::Stats;
 use qpipe::quant::{ActivationQuant, Calibrator, Symmetry};
-use std::path::Path;
-
-struct Setup {
-    model: Model,
-    stats: Stats,
-    held_out: Vec<Vec<u32>>,
-    reference: Vec<Vec<f32>>,
-}
-
-fn setup(dir: &Path, calib_tokens: usize, eval_windows: usize) -> Setup {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration-data");
-    let ckpt = Checkpoint::open(dir).unwrap();
-    let tok = qpipe::data::tokenizer(&ckpt).unwrap();
-    let model = Model::load(&ckpt).unwrap();
-    let cal = qpipe::data::encode_file(&tok, &root.join("sotu-calibration.txt")).unwrap();
-    let stats =
-        calib::collect(&model, &qpipe::data::sequences(&cal, 128, calib_tokens), 8).unwrap();
-    let eval = qpipe::data::encode_file(&tok, &root.join("moby-dick-eval.txt")).unwrap();
-    let held_out: Vec<Vec<u32>> = qpipe::data::sequences(&eval, 128, eval_windows * 128)
-        .into_iter()
-        .map(|s| s.to_vec())
-        .collect();
-    let reference = held_out
-        .iter()
-        .map(|s| sequence_logits(llama(&model), s).unwrap())
-        .collect();
-    Setup {
-        model,
-        stats,
-        held_out,
-        reference,
-    }
-}
-
-fn llama(model: &Model) -> &Llama {
-    match model {
-        Model::Llama(m) => m,
-        Model::Bert(_) => panic!("a causal LM"),
-    }
-}
 
 /// Held-out mean KLD with the inputs of `layers` (indices into linears()) quantized by `cal`.
-fn kld(s: &Setup, layers: &[usize], cal: Calibrator, bits: u32) -> f64 {
+fn kld(s: &Calibrated, layers: &[usize], cal: Calibrator, bits: u32) -> f64 {
     let linears = s.model.linears();
     for &i in layers {
         let h = &s.stats.linears[i].histogram;
@@ -60,7 +17,7 @@ fn kld(s: &Setup, layers: &[usize], cal: Calibrator, bits: u32) -> f64 {
             ActivationQuant::calibrated(cal, h, bits, Symmetry::Asymmetric).unwrap(),
         ));
     }
-    let kld = common::mean_kld(llama(&s.model), &s.held_out, &s.reference);
+    let kld = common::mean_kld(common::llama(&s.model), &s.held_out, &s.reference);
     linears.iter().for_each(|l| l.set_input_quant(None));
     kld
 }
@@ -78,7 +35,7 @@ fn heavy_tailed(stats: &Stats, n: usize) -> Vec<usize> {
 }
 
 /// `clip_must_win`: assert that on some heavy-tailed layer entropy or percentile beats minmax.
-fn check(name: &str, s: &Setup, clip_must_win: bool) {
+fn check(name: &str, s: &Calibrated, clip_must_win: bool) {
     let all: Vec<usize> = (0..s.model.linears().len()).collect();
     let a16 = kld(s, &all, Calibrator::MinMax, 16);
     let a8 = kld(s, &all, Calibrator::MinMax, 8);
@@ -151,7 +108,7 @@ fn check(name: &str, s: &Setup, clip_must_win: bool) {
 }
 
 /// Every SmolLM2 layer's input at A8 alone, per calibrator (about 8 minutes on 2 cores: run
-/// with `cargo test --release --test activation_quant -- --ignored --nocapture`). Prints each
+/// with `cargo test --release --test suite activation_quant -- --ignored --nocapture`). Prints each
 /// calibrator's held-out KLD per layer and, by tail heaviness, how often it beats minmax and is
 /// the best of the four; asserts what the search's choice of mse for activation ranges
 /// (`search::fitness`) rests on: mse is the best on more layers than any other calibrator and
@@ -159,10 +116,11 @@ fn check(name: &str, s: &Setup, clip_must_win: bool) {
 #[test]
 #[ignore]
 fn every_smollm2_layer_by_calibrator() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("smollm2-135m") else {
         return;
     };
-    let s = setup(&dir, 1024, 2);
+    let s = common::calibrated(&dir, 1024, 2);
     let mut rows = Vec::new();
     for (i, l) in s.stats.linears.iter().enumerate() {
         let k: Vec<f64> = Calibrator::ALL
@@ -222,15 +180,17 @@ fn every_smollm2_layer_by_calibrator() {
 
 #[test]
 fn activation_quantization_on_the_demo_model() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let _cpu = common::busy();
+    let dir = common::tiny();
     // Its tails are mild (absmax / p99.9 <= 6.3): clipping is reported, not required, to win.
-    check("models/tiny", &setup(&dir, 1024, 4), false);
+    check("models/tiny", &common::calibrated(&dir, 1024, 4), false);
 }
 
 #[test]
 fn activation_quantization_on_smollm2() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("smollm2-135m") else {
         return;
     };
-    check("SmolLM2-135M", &setup(&dir, 1024, 2), true);
+    check("SmolLM2-135M", &common::calibrated(&dir, 1024, 2), true);
 }

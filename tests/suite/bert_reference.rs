@@ -83,6 +83,7 @@ fn embed_all(bert: &Bert, batches: &[(Tensor, Tensor)]) -> Vec<Vec<f32>> {
 
 #[test]
 fn minilm_matches_candle_transformers_and_qlinear_hooks_work() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("all-minilm-l6-v2") else {
         return;
     };

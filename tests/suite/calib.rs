@@ -2,35 +2,22 @@
 //! through the statistics file, importance checked against recorded inputs, and the top-K
 //! reference KL against the full-vocabulary KL.
 
+use crate::common;
 use qpipe::calib::{self, Stats};
-use qpipe::checkpoint::Checkpoint;
 use qpipe::model::llama::sequence_logits;
 use qpipe::model::{Model, Recorder};
 use qpipe::quant::Calibrator;
 use qpipe::reference::metrics::compare_logits;
-use std::path::Path;
 use std::sync::Arc;
 
-fn tiny() -> (Model, Vec<u32>) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let ckpt = Checkpoint::open(root.join("models/tiny")).unwrap();
-    let tok = qpipe::data::tokenizer(&ckpt).unwrap();
-    let ids = qpipe::data::encode_file(&tok, &root.join("calibration-data/sotu-calibration.txt"))
-        .unwrap();
-    (Model::load(&ckpt).unwrap(), ids)
-}
-
 fn collect_on(threads: usize, model: &Model, seqs: &[&[u32]]) -> Stats {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(|| calib::collect(model, seqs, 64).unwrap())
+    common::on_threads(threads, || calib::collect(model, seqs, 64).unwrap())
 }
 
 #[test]
 fn statistics_are_identical_for_one_and_two_threads_and_survive_a_round_trip() {
-    let (model, ids) = tiny();
+    let _cpu = common::busy();
+    let (model, ids) = common::tiny_and_calibration();
     let seqs = qpipe::data::sequences(&ids, 128, 512);
     let one = collect_on(1, &model, &seqs);
     let two = collect_on(2, &model, &seqs);
@@ -62,16 +49,15 @@ fn statistics_are_identical_for_one_and_two_threads_and_survive_a_round_trip() {
 
 #[test]
 fn importance_is_the_mean_square_of_the_recorded_inputs() {
-    let (model, ids) = tiny();
+    let _cpu = common::busy();
+    let (model, ids) = common::tiny_and_calibration();
     let seqs = qpipe::data::sequences(&ids, 64, 128);
     let stats = calib::collect(&model, &seqs, 8).unwrap();
     // Independently: record the down_proj inputs of layer 2 and average x^2 per column.
     let layer = model.linears()[2 * 7 + 6];
     let rec = Arc::new(Recorder::default());
     layer.set_observer(Some(rec.clone()));
-    let Model::Llama(llama) = &model else {
-        panic!("tiny is a Llama")
-    };
+    let llama = common::llama(&model);
     for s in &seqs {
         sequence_logits(llama, s).unwrap();
     }
@@ -98,15 +84,14 @@ fn importance_is_the_mean_square_of_the_recorded_inputs() {
 
 #[test]
 fn top_k_reference_kl_bounds_and_tracks_the_full_kl() {
-    let (model, ids) = tiny();
+    let _cpu = common::busy();
+    let (model, ids) = common::tiny_and_calibration();
     let seqs = qpipe::data::sequences(&ids, 128, 256);
     let refs: Vec<_> = [64, 256]
         .iter()
         .map(|&k| calib::collect(&model, &seqs, k).unwrap().reference.unwrap())
         .collect();
-    let Model::Llama(llama) = &model else {
-        panic!("tiny is a Llama")
-    };
+    let llama = common::llama(&model);
     let vocab = llama.config().vocab_size;
     let float: Vec<Vec<f32>> = seqs
         .iter()

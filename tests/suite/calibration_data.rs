@@ -1,13 +1,7 @@
 //! The committed calibration and evaluation text: present, real, and disjoint.
 
+use crate::common;
 use std::collections::HashSet;
-
-fn read(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("calibration-data")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// Sentences long enough (>= 100 bytes) that a repeat means shared text, not a stock phrase.
 /// (The State of the Union files hold one address per line, so lines are not paragraphs.)
@@ -21,8 +15,8 @@ fn sentences(text: &str) -> HashSet<&str> {
 #[test]
 fn calibration_and_evaluation_text_are_disjoint() {
     for source in ["moby-dick", "sotu"] {
-        let calib = read(&format!("{source}-calibration.txt"));
-        let eval = read(&format!("{source}-eval.txt"));
+        let calib = common::read_text(&format!("calibration-data/{source}-calibration.txt"));
+        let eval = common::read_text(&format!("calibration-data/{source}-eval.txt"));
         let (c, e) = (sentences(&calib), sentences(&eval));
         assert!(
             c.len() > 500 && e.len() > 500,
@@ -37,5 +31,6 @@ fn calibration_and_evaluation_text_are_disjoint() {
         );
     }
     // The perplexity reference reads the start of chapter 1 from the evaluation file.
-    assert!(read("moby-dick-eval.txt").starts_with("CHAPTER 1. Loomings.\n\nCall me Ishmael."));
+    assert!(common::read_text("calibration-data/moby-dick-eval.txt")
+        .starts_with("CHAPTER 1. Loomings.\n\nCall me Ishmael."));
 }

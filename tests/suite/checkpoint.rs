@@ -1,7 +1,7 @@
 //! Checkpoint reading: layouts, value round trips, shards, statistics and architecture detection.
 
-use crate::common::raw_safetensors;
 use crate::common::synthetic::{encode, normal_values, write_llama, LlamaSpec};
+use crate::common::{self, raw_safetensors};
 use qpipe::checkpoint::write::{write_safetensors, LazyTensor};
 use qpipe::checkpoint::{stats, Checkpoint, Dtype};
 use qpipe::model::arch::{self, DetectedFrom, Family};
@@ -254,6 +254,7 @@ fn planted() -> Vec<f32> {
 
 #[test]
 fn stats_match_an_independent_reference() {
+    let _cpu = common::busy();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     let v = planted();
@@ -302,17 +303,12 @@ fn stats_match_an_independent_reference() {
 
 #[test]
 fn stats_do_not_depend_on_thread_count() {
+    let _cpu = common::busy();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     write_tensors(&path, vec![("w", Dtype::F32, vec![2_500_000], planted())]);
     let c = Checkpoint::open(&path).unwrap();
-    let run = |threads| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| stats::compute(&c).unwrap())
-    };
+    let run = |threads| common::on_threads(threads, || stats::compute(&c).unwrap());
     let (one, two) = (run(1), run(2));
     assert_eq!(format!("{one:?}"), format!("{two:?}"));
 }

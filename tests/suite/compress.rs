@@ -2,16 +2,12 @@
 //! with the accuracy the search measured, reruns are byte-identical, the CI gate's exit codes
 //! hold, and bad inputs fail with one line and exit 2.
 
-use crate::common::qpipe;
+use crate::common::{self, qpipe};
 use std::path::{Path, PathBuf};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
 
 /// Arguments of a small compress run of models/tiny on `target` into `out`, then `extra`.
 fn small(target: &str, out: &Path, extra: &[&str]) -> Vec<String> {
-    let tiny = root().join("models/tiny");
+    let tiny = common::tiny();
     let mut args: Vec<String> = [
         "compress",
         tiny.to_str().unwrap(),
@@ -51,6 +47,7 @@ fn json(path: &Path) -> serde_json::Value {
 
 #[test]
 fn compress_writes_a_packed_model_that_runs_as_measured_and_reruns_identically() {
+    let _cpu = common::busy();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let (code, stdout, stderr) = compress(&out, &["--max-bpw", "5"]);
@@ -108,7 +105,7 @@ fn compress_writes_a_packed_model_that_runs_as_measured_and_reruns_identically()
             "eval",
             out.to_str().unwrap(),
             "--reference",
-            root().join("models/tiny").to_str().unwrap(),
+            common::tiny().to_str().unwrap(),
             "--tokens",
             "512",
             "--seq-len",
@@ -182,6 +179,7 @@ fn compress_writes_a_packed_model_that_runs_as_measured_and_reruns_identically()
 
 #[test]
 fn bad_inputs_exit_2_with_one_line_and_leave_no_output() {
+    let _cpu = common::busy();
     let dir = tempfile::tempdir().unwrap();
     let one_line = |stderr: &str, needle: &str| {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -227,7 +225,7 @@ fn bad_inputs_exit_2_with_one_line_and_leave_no_output() {
             "128",
         ])
     };
-    let tiny = root().join("models/tiny");
+    let tiny = common::tiny();
 
     // Truncated: the header promises more bytes than the file has.
     let broken = dir.path().join("broken");
@@ -296,6 +294,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn an_interrupted_compress_leaves_only_finished_files_and_resumes_to_the_same_result() {
+    let _cpu = common::busy();
     let dir = tempfile::tempdir().unwrap();
     let args = |out: &Path, resume: bool| {
         let mut extra = vec!["--population", "6", "--generations", "6"];
@@ -364,6 +363,7 @@ fn an_interrupted_compress_leaves_only_finished_files_and_resumes_to_the_same_re
 
 #[test]
 fn a_full_disk_fails_the_write_with_one_line_and_leaves_no_temp_file() {
+    let _cpu = common::busy();
     // RLIMIT_FSIZE with SIGXFSZ ignored makes writes past the limit fail with EFBIG, as a full disk
     // fails them with ENOSPC: the small files fit, the 3.7 MB packed checkpoint does not (the
     // limit is 1.5 MB or 3 MB as sh counts 512- or 1024-byte blocks).

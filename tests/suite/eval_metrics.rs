@@ -1,6 +1,6 @@
 //! Output metrics against hand-computed values and an independent naive implementation.
 
-use crate::common::synthetic::normal_values;
+use crate::common::{self, synthetic::normal_values};
 use qpipe::reference::{compare_embeddings, compare_logits, perplexity};
 
 #[test]
@@ -90,12 +90,8 @@ fn matches_a_naive_implementation_and_ignores_logit_shifts() {
             && s.top1_agreement == ours.top1_agreement
     );
     // Thread count does not change a bit of it.
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
     assert_eq!(
-        one.install(|| compare_logits(&r, &c, vocab, &targets).unwrap()),
+        common::on_threads(1, || compare_logits(&r, &c, vocab, &targets).unwrap()),
         ours
     );
 }

@@ -14,10 +14,6 @@ use qpipe::quant::{fake_quantize, Calibrator, Format, GgufType};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-fn tiny_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
-}
-
 const ROLES: [&str; 7] = [
     "self_attn.q_proj",
     "self_attn.k_proj",
@@ -88,7 +84,7 @@ fn choice() -> (HashMap<String, GgufType>, HashMap<String, Vec<f32>>) {
 }
 
 fn export(dir: &Path) -> (PathBuf, Written) {
-    let ckpt = Checkpoint::open(tiny_dir()).unwrap();
+    let ckpt = Checkpoint::open(common::tiny()).unwrap();
     let (types, importance) = choice();
     let path = dir.join("tiny.gguf");
     let written = write(&ckpt, &types, &importance, &path).unwrap();
@@ -108,9 +104,10 @@ fn meta_u32(c: &Content, key: &str) -> u32 {
 
 #[test]
 fn candle_reads_it_back_and_import_gives_the_fake_quantized_weights() {
+    let _cpu = common::busy();
     let dir = tempfile::tempdir().unwrap();
     let (path, written) = export(dir.path());
-    let ckpt = Checkpoint::open(tiny_dir()).unwrap();
+    let ckpt = Checkpoint::open(common::tiny()).unwrap();
     let (types, importance) = choice();
 
     // (a) candle's reader: every tensor's type and shape, alignment, key metadata.
@@ -246,7 +243,7 @@ fn candle_reads_it_back_and_import_gives_the_fake_quantized_weights() {
     assert_ne!(back.tensor(name).unwrap().to_f32_vec().unwrap(), plain);
 
     // The tokenizer survives the trip: same ids for the same text.
-    let original = tokenizers::Tokenizer::from_file(tiny_dir().join("tokenizer.json")).unwrap();
+    let original = tokenizers::Tokenizer::from_file(common::tiny().join("tokenizer.json")).unwrap();
     let rebuilt = tokenizers::Tokenizer::from_file(imported.join("tokenizer.json")).unwrap();
     let text = "Call me Ishmael. In 1851,  he'd paid $3.50<|endoftext|>\n\nfor 12 OF THEM";
     assert_eq!(
@@ -262,10 +259,11 @@ fn gguf_py() -> Option<PathBuf> {
 
 #[test]
 fn llama_cpp_gguf_py_reads_the_chosen_types_shapes_and_metadata() {
+    let _cpu = common::busy();
     let Some(lib) = gguf_py() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (path, written) = export(dir.path());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf_read.py");
+    let script = common::root().join("tests/fixtures/gguf_read.py");
     let out = std::process::Command::new("python3")
         .arg(&script)
         .arg(&path)
@@ -279,7 +277,7 @@ fn llama_cpp_gguf_py_reads_the_chosen_types_shapes_and_metadata() {
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
-    let ckpt = Checkpoint::open(tiny_dir()).unwrap();
+    let ckpt = Checkpoint::open(common::tiny()).unwrap();
     let (types, _) = choice();
     let tensors = json["tensors"].as_array().unwrap();
     assert_eq!(tensors.len(), 38);
@@ -408,7 +406,8 @@ fn failed(ckpt: &Checkpoint, types: &HashMap<String, GgufType>, dir: &Path) -> S
 
 #[test]
 fn bad_choices_and_inputs_fail_in_one_line_and_leave_no_file() {
-    let ckpt = Checkpoint::open(tiny_dir()).unwrap();
+    let _cpu = common::busy();
+    let ckpt = Checkpoint::open(common::tiny()).unwrap();
     let out = tempfile::tempdir().unwrap();
 
     let down = "model.layers.0.mlp.down_proj.weight";
@@ -454,18 +453,18 @@ fn bad_choices_and_inputs_fail_in_one_line_and_leave_no_file() {
     // A checkpoint without tokenizer.json, and one that is not a Llama.
     let copy = tempfile::tempdir().unwrap();
     std::fs::copy(
-        tiny_dir().join("model.safetensors"),
+        common::tiny().join("model.safetensors"),
         copy.path().join("model.safetensors"),
     )
     .unwrap();
-    let config = std::fs::read_to_string(tiny_dir().join("config.json")).unwrap();
+    let config = std::fs::read_to_string(common::tiny().join("config.json")).unwrap();
     std::fs::write(copy.path().join("config.json"), &config).unwrap();
     let no_tokenizer = Checkpoint::open(copy.path()).unwrap();
     let err = failed(&no_tokenizer, &HashMap::new(), out.path());
     assert!(err.contains("tokenizer.json"), "{err}");
 
     std::fs::copy(
-        tiny_dir().join("tokenizer.json"),
+        common::tiny().join("tokenizer.json"),
         copy.path().join("tokenizer.json"),
     )
     .unwrap();

@@ -21,11 +21,6 @@ fn smollm2(path: &Path) -> Tokenizer {
     qpipe::gguf::tokenizer::from_gguf(&content, path).expect("rebuild the tokenizer")
 }
 
-fn repo_file(relative: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn ids(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
     tokenizer
         .encode(text, true)
@@ -59,9 +54,10 @@ fn assert_round_trip(tokenizer: &Tokenizer, text: &str, what: &str) -> Vec<u32> 
 
 #[test]
 fn moby_dick_and_sotu_round_trip() {
+    let _cpu = common::busy();
     let Some(path) = gguf_path() else { return };
     let tokenizer = smollm2(&path);
-    let moby = repo_file("calibration-data/moby-dick-eval.txt");
+    let moby = common::read_text("calibration-data/moby-dick-eval.txt");
     let ids = assert_round_trip(&tokenizer, &moby, "moby-dick-eval.txt");
     // English prose: roughly 4 characters per token. A broken vocabulary falls to bytes (~1).
     let chars_per_token = moby.chars().count() as f64 / ids.len() as f64;
@@ -70,7 +66,7 @@ fn moby_dick_and_sotu_round_trip() {
         "{chars_per_token:.2} characters per token"
     );
 
-    let sotu = repo_file("calibration-data/sotu-eval.txt");
+    let sotu = common::read_text("calibration-data/sotu-eval.txt");
     let sample: String = sotu.chars().take(100_000).collect();
     assert!(sample.chars().filter(char::is_ascii_digit).count() > 100);
     assert_round_trip(
@@ -82,6 +78,7 @@ fn moby_dick_and_sotu_round_trip() {
 
 #[test]
 fn every_digit_is_its_own_token() {
+    let _cpu = common::busy();
     let Some(path) = gguf_path() else { return };
     let tokenizer = smollm2(&path);
     let digit = |d: &str| tokenizer.token_to_id(d).expect("digit token");
@@ -98,6 +95,7 @@ fn every_digit_is_its_own_token() {
 
 #[test]
 fn special_tokens_and_no_implicit_bos() {
+    let _cpu = common::busy();
     let Some(path) = gguf_path() else { return };
     let tokenizer = smollm2(&path);
     // add_bos_token and add_eos_token are false: asking for special tokens adds none.
@@ -159,9 +157,10 @@ fn assert_same_ids(tokenizer: &Tokenizer, case: &Case, ours: &[u32], source: &st
 
 #[test]
 fn ids_match_llama_cpp() {
+    let _cpu = common::busy();
     let Some(path) = gguf_path() else { return };
     let tokenizer = smollm2(&path);
-    let reference: Reference = serde_json::from_str(&repo_file(
+    let reference: Reference = serde_json::from_str(&common::read_text(
         "tests/fixtures/smollm2_tokenizer_reference.json",
     ))
     .expect("parse the fixture");

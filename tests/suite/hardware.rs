@@ -1,17 +1,16 @@
 //! Hardware cost models: memory never grows with fewer bits, illegal formats are refused naming
 //! the target, and latency is monotone in bytes where memory-bound. The measured host model's
-//! accuracy is in tests/hardware_host.rs, alone in its binary so no other test competes with
+//! accuracy is in hardware_host.rs, which holds the CPUs alone so no other test competes with
 //! its timings.
 
-use crate::common::qpipe;
+use crate::common::{self, qpipe};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::hardware::{self, model_shapes, uniform, Bound, CostModel, MatmulShape, Target};
 use qpipe::quant::format::{GROUP_SIZES, INT_BITS};
 use qpipe::quant::{Activation, Format, Granularity, IntFormat, Scheme};
-use std::path::Path;
 
 fn tiny_shapes() -> Vec<MatmulShape> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let dir = common::tiny();
     model_shapes(&Checkpoint::open(dir).unwrap())
 }
 
@@ -53,6 +52,7 @@ fn all_formats() -> Vec<Format> {
 
 #[test]
 fn fewer_bits_never_increase_memory() {
+    let _cpu = common::busy();
     let shapes = tiny_shapes();
     let mut compared = 0;
     for t in file_targets() {
@@ -114,7 +114,7 @@ fn an_illegal_format_is_rejected_naming_the_target() {
         "{e}"
     );
     // The same through the CLI: one line on stderr, exit 2.
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let tiny = common::tiny();
     let (code, out, err) = qpipe(&[
         "targets",
         "--model",
@@ -172,11 +172,12 @@ fn latency_is_monotone_in_bytes_for_memory_bound_shapes() {
 
 #[test]
 fn a_measured_target_prints_its_validation_as_json() {
+    let _cpu = common::busy();
     // Fits are keyed by format, and JSON keys must be strings: before they were written by
     // name, `--json` printed an empty document (and exit 0) for `host` and `llama-cpp`.
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("measurements.json");
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let tiny = common::tiny();
     let (code, out, err) = qpipe(&[
         "targets",
         "--model",

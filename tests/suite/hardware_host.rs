@@ -1,15 +1,14 @@
 //! The measured cost models against measurements of the models' own shapes (errors printed;
-//! run with --nocapture to see them). Alone in its test binary: tests in one binary run
+//! run with --nocapture to see them). The test holds [`common::timing`]: the suite's tests run
 //! concurrently, and another test's work would land in these timings.
 //!
 //! Asserted is the goal: every shape of the tiny model, SmolLM2-135M and MiniLM within
 //! 30%, decode and a 32-token prefill, for the host target in three formats (INT2 rows are
 //! padded to whole 256-code blocks, which the model must price) and for llama-cpp.
 
-use crate::common::fetched_model;
+use crate::common::{self, fetched_model};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::hardware::{self, model_shapes, Cache, MatmulShape};
-use std::path::Path;
 
 /// Largest |predicted / measured - 1| allowed on any shape.
 const LIMIT: f64 = 0.30;
@@ -50,7 +49,8 @@ fn report(target: &str, format: &str, shapes: &[MatmulShape], cache: &mut Cache)
 
 #[test]
 fn measured_models_predict_the_models_own_shapes_within_30_percent() {
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let _cpu = common::timing();
+    let tiny = common::tiny();
     let mut shapes = model_shapes(&Checkpoint::open(tiny).unwrap());
     for name in ["smollm2-135m", "all-minilm-l6-v2"] {
         if let Some(dir) = fetched_model(name) {

@@ -7,7 +7,6 @@
 use crate::common;
 use qpipe::calib;
 use qpipe::checkpoint::Checkpoint;
-use qpipe::model::llama::sequence_logits;
 use qpipe::model::Model;
 use qpipe::quant::Calibrator;
 use qpipe::reference::metrics::compare_embeddings;
@@ -28,26 +27,11 @@ fn mse_everywhere(model: &Model, stats: &calib::Stats, format: &str, weighted: b
 }
 
 fn measure(name: &str, dir: &Path, calib_tokens: usize, eval_windows: usize) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration-data");
-    let ckpt = Checkpoint::open(dir).unwrap();
-    let tok = qpipe::data::tokenizer(&ckpt).unwrap();
-    let model = Model::load(&ckpt).unwrap();
-    let Model::Llama(llama) = &model else {
-        panic!("a causal LM")
-    };
-    let cal = qpipe::data::encode_file(&tok, &root.join("sotu-calibration.txt")).unwrap();
-    let stats =
-        calib::collect(&model, &qpipe::data::sequences(&cal, 128, calib_tokens), 8).unwrap();
-    let eval = qpipe::data::encode_file(&tok, &root.join("moby-dick-eval.txt")).unwrap();
-    let windows = qpipe::data::sequences(&eval, 128, eval_windows * 128);
-    let reference: Vec<Vec<f32>> = windows
-        .iter()
-        .map(|w| sequence_logits(llama, w).unwrap())
-        .collect();
+    let s = common::calibrated(dir, calib_tokens, eval_windows);
     let kld = |format: &str, weighted: bool| -> f64 {
-        mse_everywhere(&model, &stats, format, weighted);
-        let kld = common::mean_kld(llama, &windows, &reference);
-        model.linears().iter().for_each(|l| l.reset());
+        mse_everywhere(&s.model, &s.stats, format, weighted);
+        let kld = common::mean_kld(common::llama(&s.model), &s.held_out, &s.reference);
+        s.model.linears().iter().for_each(|l| l.reset());
         kld
     };
     let mut results = Vec::new();
@@ -66,16 +50,13 @@ fn measure(name: &str, dir: &Path, calib_tokens: usize, eval_windows: usize) {
 
 #[test]
 fn importance_weighted_mse_on_the_demo_model() {
-    measure(
-        "models/tiny",
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"),
-        1024,
-        4,
-    );
+    let _cpu = common::busy();
+    measure("models/tiny", &common::tiny(), 1024, 4);
 }
 
 #[test]
 fn importance_weighted_mse_on_smollm2() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("smollm2-135m") else {
         return;
     };
@@ -84,17 +65,17 @@ fn importance_weighted_mse_on_smollm2() {
 
 #[test]
 fn importance_weighted_mse_on_minilm() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("all-minilm-l6-v2") else {
         return;
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration-data");
     let ckpt = Checkpoint::open(&dir).unwrap();
     let tok = qpipe::data::tokenizer(&ckpt).unwrap();
     let model = Model::load(&ckpt).unwrap();
     let Model::Bert(bert) = &model else {
         panic!("an encoder")
     };
-    let cal = qpipe::data::encode_file(&tok, &root.join("sotu-calibration.txt")).unwrap();
+    let cal = common::tokens(&ckpt, "sotu-calibration.txt");
     let stats = calib::collect(&model, &qpipe::data::sequences(&cal, 128, 2048), 8).unwrap();
     let ids: Vec<Vec<u32>> = common::sotu_sentences(50)
         .iter()

@@ -5,25 +5,16 @@ use crate::common;
 use qpipe::checkpoint::Checkpoint;
 use qpipe::model::llama::{sequence_logits, Llama};
 use qpipe::reference::metrics::perplexity;
-use std::path::Path;
-
-fn eval_tokens(dir: &Path, n: usize) -> Vec<u32> {
-    let ckpt = Checkpoint::open(dir).unwrap();
-    let tok = qpipe::data::tokenizer(&ckpt).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let ids =
-        qpipe::data::encode_file(&tok, &root.join("calibration-data/moby-dick-eval.txt")).unwrap();
-    ids[..n].to_vec()
-}
 
 #[test]
 fn smollm2_logits_equal_candle_transformers() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("smollm2-135m") else {
         return;
     };
     let ours = Llama::load(&Checkpoint::open(&dir).unwrap()).unwrap();
     let vocab = ours.config().vocab_size;
-    let tokens = eval_tokens(&dir, 96);
+    let tokens = common::held_out_tokens(&dir, 96);
     // Several lengths: every position of the longest is checked through its own prefix.
     for len in [1, 17, 96] {
         let ids = &tokens[..len];
@@ -39,12 +30,13 @@ fn smollm2_logits_equal_candle_transformers() {
 
 #[test]
 fn smollm2_perplexity_on_moby_dick_chapter_1_is_about_78() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("smollm2-135m") else {
         return;
     };
     let model = Llama::load(&Checkpoint::open(&dir).unwrap()).unwrap();
     let vocab = model.config().vocab_size;
-    let tokens = eval_tokens(&dir, 512);
+    let tokens = common::held_out_tokens(&dir, 512);
     let logits = sequence_logits(&model, &tokens).unwrap();
     let ppl = perplexity(&logits[..511 * vocab], vocab, &tokens[1..]).unwrap();
     eprintln!("SmolLM2-135M perplexity, first 512 tokens of Moby Dick chapter 1: {ppl:.2}");
@@ -53,11 +45,12 @@ fn smollm2_perplexity_on_moby_dick_chapter_1_is_about_78() {
 
 #[test]
 fn swapping_a_weight_changes_logits_and_reset_restores_them_exactly() {
+    let _cpu = common::busy();
     let Some(dir) = common::fetched_model("smollm2-135m") else {
         return;
     };
     let model = Llama::load(&Checkpoint::open(&dir).unwrap()).unwrap();
-    let tokens = eval_tokens(&dir, 32);
+    let tokens = common::held_out_tokens(&dir, 32);
     let before = sequence_logits(&model, &tokens).unwrap();
     let layer = model.linears()[6 * 7 + 6]; // layer 6 down_proj
     layer

@@ -1,6 +1,6 @@
 //! Quantization core: error bounds, calibrator properties, GGUF against candle, determinism.
 
-use crate::common::synthetic::normal_values;
+use crate::common::{self, synthetic::normal_values};
 use proptest::prelude::*;
 use qpipe::quant::calibrate::{activation_range, entropy_threshold, weight_quantizer};
 use qpipe::quant::{
@@ -252,6 +252,7 @@ fn reference_entropy_amax(hist: &[u64], width: f32, num_bits: u32) -> f32 {
 
 #[test]
 fn entropy_threshold_matches_the_reference_algorithm() {
+    let _cpu = common::busy();
     for (seed, bits) in [(1u64, 8u32), (2, 6), (3, 4)] {
         let h = Histogram::of(&student_t(200_000, seed));
         let mag: Vec<u64> = h.magnitudes();
@@ -266,6 +267,7 @@ fn entropy_threshold_matches_the_reference_algorithm() {
 
 #[test]
 fn activation_calibrators_differ_and_clip_heavy_tails() {
+    let _cpu = common::busy();
     let x = student_t(500_000, 21);
     let h = Histogram::of(&x);
     for bits in [8u32, 4] {
@@ -385,16 +387,13 @@ fn gguf_formats_match_candle_and_llama_cpp_sizes() {
 
 #[test]
 fn quantization_is_identical_for_any_thread_count() {
+    let _cpu = common::busy();
     let (rows, cols) = (256, 1024);
     let w = student_t(rows * cols, 8);
     let imp: Vec<f32> = (0..cols).map(|i| 1.0 + (i % 7) as f32).collect();
     let run = |threads, fmt: &str, cal| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
         let fmt: Format = fmt.parse().unwrap();
-        pool.install(|| {
+        common::on_threads(threads, || {
             quant::quantize(&w, rows, cols, fmt, cal, Some(&imp))
                 .unwrap()
                 .dequantize()

@@ -2,9 +2,8 @@
 //! seed, its front does not depend on the thread count, and a search interrupted after one
 //! generation and resumed from its state file ends where an uninterrupted one does.
 
+use crate::common;
 use qpipe::calib;
-use qpipe::checkpoint::Checkpoint;
-use qpipe::model::Model;
 use qpipe::quant::{Activation, Calibrator, Format};
 use qpipe::reference::{batch, Baseline};
 use qpipe::search::fitness::Evaluator;
@@ -36,12 +35,8 @@ fn formats() -> Vec<Format> {
 
 #[test]
 fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let ckpt = Checkpoint::open(root.join("models/tiny")).unwrap();
-    let tok = qpipe::data::tokenizer(&ckpt).unwrap();
-    let ids = qpipe::data::encode_file(&tok, &root.join("calibration-data/sotu-calibration.txt"))
-        .unwrap();
-    let model = Model::load(&ckpt).unwrap();
+    let _cpu = common::busy();
+    let (model, ids) = common::tiny_and_calibration();
     let seqs = qpipe::data::sequences(&ids, 128, 512);
     let stats = calib::collect(&model, &seqs, 1).unwrap();
     let sens = sensitivity::analyse(
@@ -78,15 +73,11 @@ fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
         },
     };
     let search = |threads: usize, settings: &Settings, state: Option<(&Path, bool)>| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| {
-                let evaluator =
-                    Evaluator::new(&model, &space, &baseline, &stats, 1 << 28, 1 << 28).unwrap();
-                search::run(&evaluator, &Bytes, Some(&sens), settings, state, &|_| {})
-            })
+        common::on_threads(threads, || {
+            let evaluator =
+                Evaluator::new(&model, &space, &baseline, &stats, 1 << 28, 1 << 28).unwrap();
+            search::run(&evaluator, &Bytes, Some(&sens), settings, state, &|_| {})
+        })
     };
 
     let two: Outcome = search(2, &settings, None).unwrap();

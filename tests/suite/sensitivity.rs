@@ -5,25 +5,12 @@
 
 use crate::common;
 use qpipe::calib::{self, Stats};
-use qpipe::checkpoint::Checkpoint;
 use qpipe::model::llama::sequence_logits;
 use qpipe::model::Model;
 use qpipe::quant::{Calibrator, Format};
 use qpipe::reference::metrics::compare_logits;
 use qpipe::sensitivity::{self, Options, Sensitivity};
-use std::path::{Path, PathBuf};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tiny() -> (Model, Vec<u32>) {
-    let ckpt = Checkpoint::open(root().join("models/tiny")).unwrap();
-    let tok = qpipe::data::tokenizer(&ckpt).unwrap();
-    let ids = qpipe::data::encode_file(&tok, &root().join("calibration-data/sotu-calibration.txt"))
-        .unwrap();
-    (Model::load(&ckpt).unwrap(), ids)
-}
+use std::path::PathBuf;
 
 fn options(formats: &[&str], tensors: &[&str], top_k: usize) -> Options {
     Options {
@@ -57,10 +44,9 @@ fn analyse(model: &Model, seqs: &[&[u32]], stats: &Stats, options: &Options) -> 
 
 #[test]
 fn prefix_reuse_loss_equals_the_full_vocabulary_kld_of_the_quantized_model() {
-    let (model, ids) = tiny();
-    let Model::Llama(llama) = &model else {
-        panic!("tiny is a Llama")
-    };
+    let _cpu = common::busy();
+    let (model, ids) = common::tiny_and_calibration();
+    let llama = common::llama(&model);
     let seqs = qpipe::data::sequences(&ids, 128, 256);
     let stats = calib::collect(&model, &seqs, 1).unwrap();
     let vocab = llama.config().vocab_size;
@@ -112,7 +98,8 @@ fn prefix_reuse_loss_equals_the_full_vocabulary_kld_of_the_quantized_model() {
 
 #[test]
 fn eight_bits_cost_less_than_two_and_reuse_and_threads_change_nothing() {
-    let (model, ids) = tiny();
+    let _cpu = common::busy();
+    let (model, ids) = common::tiny_and_calibration();
     let seqs = qpipe::data::sequences(&ids, 128, 256);
     let stats = calib::collect(&model, &seqs, 1).unwrap();
     let opts = options(
@@ -121,11 +108,7 @@ fn eight_bits_cost_less_than_two_and_reuse_and_threads_change_nothing() {
         64,
     );
     let on = |threads: usize, opts: &Options| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| analyse(&model, &seqs, &stats, opts))
+        common::on_threads(threads, || analyse(&model, &seqs, &stats, opts))
     };
     let two = on(2, &opts);
     assert_eq!(two.entries.len(), (7 + 4) * 2);
@@ -165,10 +148,11 @@ fn eight_bits_cost_less_than_two_and_reuse_and_threads_change_nothing() {
 
 #[test]
 fn cli_writes_json_and_svg_and_rejects_bad_input() {
+    let _cpu = common::busy();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sens");
-    let tiny = root().join("models/tiny");
-    let data = root().join("calibration-data/sotu-calibration.txt");
+    let tiny = common::tiny();
+    let data = common::calibration_data("sotu-calibration.txt");
     let args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = [
             "sensitivity",
@@ -240,7 +224,8 @@ fn cli_writes_json_and_svg_and_rejects_bad_input() {
 
 #[test]
 fn estimated_losses_scale_the_proxy_by_the_measured_loss_per_proxy_and_track_measurements() {
-    let (model, ids) = tiny();
+    let _cpu = common::busy();
+    let (model, ids) = common::tiny_and_calibration();
     let seqs = qpipe::data::sequences(&ids, 128, 256);
     let stats = calib::collect(&model, &seqs, 1).unwrap();
     let tensors = ["layers.0.", "layers.2.mlp"];

@@ -6,28 +6,17 @@ use crate::common;
 use qpipe::checkpoint::Checkpoint;
 use qpipe::model::llama::{sequence_logits, Llama};
 use qpipe::quant::Calibrator;
-use std::path::{Path, PathBuf};
-
-fn tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
-}
-
-/// The first `n` tokens of the held-out Moby Dick text, in the tiny model's tokenizer.
-fn held_out(n: usize) -> Vec<u32> {
-    let ckpt = Checkpoint::open(tiny()).unwrap();
-    let tok = qpipe::data::tokenizer(&ckpt).unwrap();
-    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration-data/moby-dick-eval.txt");
-    qpipe::data::encode_file(&tok, &text).unwrap()[..n].to_vec()
-}
 
 #[test]
 fn tiny_logits_equal_candle_transformers() {
-    let model = Llama::load(&Checkpoint::open(tiny()).unwrap()).unwrap();
+    let _cpu = common::busy();
+    let tiny = common::tiny();
+    let model = Llama::load(&Checkpoint::open(&tiny).unwrap()).unwrap();
     let vocab = model.config().vocab_size;
-    let tokens = held_out(200);
+    let tokens = common::held_out_tokens(&tiny, 200);
     for len in [1, 64, 200] {
         let ours = sequence_logits(&model, &tokens[..len]).unwrap();
-        let reference = common::reference_llama_last_logits(&tiny(), &tokens[..len]);
+        let reference = common::reference_llama_last_logits(&tiny, &tokens[..len]);
         let rel = common::relative_max_diff(&ours[(len - 1) * vocab..], &reference);
         eprintln!("len {len}: max |diff| / max |logit| = {rel:.2e}");
         assert!(rel <= 1e-4, "len {len}: relative max diff {rel}");
@@ -53,8 +42,10 @@ fn mean_kld(model: &Llama, format: &str, tokens: &[u32]) -> f64 {
 
 #[test]
 fn int8_channel_is_nearly_free_and_int2_tensor_is_not() {
-    let model = Llama::load(&Checkpoint::open(tiny()).unwrap()).unwrap();
-    let tokens = held_out(512);
+    let _cpu = common::busy();
+    let tiny = common::tiny();
+    let model = Llama::load(&Checkpoint::open(&tiny).unwrap()).unwrap();
+    let tokens = common::held_out_tokens(&tiny, 512);
     let int8 = mean_kld(&model, "int8-channel-sym", &tokens);
     let int2 = mean_kld(&model, "int2-tensor-asym", &tokens);
     eprintln!(

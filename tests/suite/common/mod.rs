@@ -1,7 +1,124 @@
-//! Fixtures shared by the integration tests: synthetic checkpoints and hand-assembled files for
-//! the bad-input tests.
+//! Fixtures shared by the integration tests: the committed demo model and texts, synthetic
+//! checkpoints, hand-assembled files for the bad-input tests, and the lock that keeps busy tests
+//! out of timings.
 
 pub mod synthetic;
+
+use qpipe::calib::{self, Stats};
+use qpipe::checkpoint::Checkpoint;
+use qpipe::model::llama::{sequence_logits, Llama};
+use qpipe::model::Model;
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The CPUs, between the tests of this binary (which run concurrently): a test that times the
+/// machine holds them exclusively ([`timing`]), every test that keeps a core busy for more than
+/// a tenth of a second holds them shared ([`busy`]), so no such work lands in the timings. (It
+/// would also run inside them: rayon's global pool is shared, and a thread waiting on its own
+/// parallel work runs other tests' jobs.)
+static CPU: RwLock<()> = RwLock::new(());
+
+/// Held for the whole of a test that keeps a core busy for more than a tenth of a second.
+pub fn busy() -> RwLockReadGuard<'static, ()> {
+    CPU.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Held for the whole of a test that times the machine: waits for the [`busy`] tests under way
+/// and holds off new ones.
+pub fn timing() -> RwLockWriteGuard<'static, ()> {
+    CPU.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The crate root, which the committed models, texts and fixtures are relative to.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The committed demo model `models/tiny` (trained by examples/train-tiny.rs).
+pub fn tiny() -> PathBuf {
+    root().join("models/tiny")
+}
+
+/// The committed text `calibration-data/{name}`.
+pub fn calibration_data(name: &str) -> PathBuf {
+    root().join("calibration-data").join(name)
+}
+
+/// The committed text file `relative` (to the crate root).
+pub fn read_text(relative: &str) -> String {
+    let path = root().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `calibration-data/{name}` in the tokens of `ckpt`'s tokenizer.
+pub fn tokens(ckpt: &Checkpoint, name: &str) -> Vec<u32> {
+    let tok = qpipe::data::tokenizer(ckpt).unwrap();
+    qpipe::data::encode_file(&tok, &calibration_data(name)).unwrap()
+}
+
+/// The demo model and its calibration text (sotu-calibration.txt) in its tokens.
+pub fn tiny_and_calibration() -> (Model, Vec<u32>) {
+    let ckpt = Checkpoint::open(tiny()).unwrap();
+    (
+        Model::load(&ckpt).unwrap(),
+        tokens(&ckpt, "sotu-calibration.txt"),
+    )
+}
+
+/// The first `n` tokens of the held-out text (moby-dick-eval.txt) for the model in `dir`.
+pub fn held_out_tokens(dir: &Path, n: usize) -> Vec<u32> {
+    tokens(&Checkpoint::open(dir).unwrap(), "moby-dick-eval.txt")[..n].to_vec()
+}
+
+/// The causal LM `model` is.
+pub fn llama(model: &Model) -> &Llama {
+    match model {
+        Model::Llama(m) => m,
+        Model::Bert(_) => panic!("a causal LM"),
+    }
+}
+
+/// A causal LM with its calibration statistics, and held-out windows with their float logits.
+pub struct Calibrated {
+    pub model: Model,
+    pub stats: Stats,
+    pub held_out: Vec<Vec<u32>>,
+    pub reference: Vec<Vec<f32>>,
+}
+
+/// The model in `dir` calibrated on `calib_tokens` of sotu-calibration.txt (sequences of 128,
+/// top-8 reference), and `eval_windows` windows of 128 tokens of moby-dick-eval.txt.
+pub fn calibrated(dir: &Path, calib_tokens: usize, eval_windows: usize) -> Calibrated {
+    let ckpt = Checkpoint::open(dir).unwrap();
+    let model = Model::load(&ckpt).unwrap();
+    let cal = tokens(&ckpt, "sotu-calibration.txt");
+    let stats =
+        calib::collect(&model, &qpipe::data::sequences(&cal, 128, calib_tokens), 8).unwrap();
+    let eval = tokens(&ckpt, "moby-dick-eval.txt");
+    let held_out: Vec<Vec<u32>> = qpipe::data::sequences(&eval, 128, eval_windows * 128)
+        .into_iter()
+        .map(|s| s.to_vec())
+        .collect();
+    let reference = held_out
+        .iter()
+        .map(|s| sequence_logits(llama(&model), s).unwrap())
+        .collect();
+    Calibrated {
+        model,
+        stats,
+        held_out,
+        reference,
+    }
+}
+
+/// `f` on a rayon pool of `threads` threads, for the thread-count independence checks.
+pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
 
 /// A safetensors file assembled by hand: 8-byte length, `header` padded to 8 bytes, `data`.
 pub fn raw_safetensors(header: &str, data: &[u8]) -> Vec<u8> {
@@ -27,7 +144,7 @@ pub fn qpipe(args: &[&str]) -> (i32, String, String) {
 }
 
 /// Path of a model fetched by `scripts/fetch-models.sh` (e.g. "all-minilm-l6-v2"), if present.
-pub fn fetched_model(name: &str) -> Option<std::path::PathBuf> {
+pub fn fetched_model(name: &str) -> Option<PathBuf> {
     fetched(&format!("models/{name}"))
 }
 
@@ -35,8 +152,8 @@ pub fn fetched_model(name: &str) -> Option<std::path::PathBuf> {
 ///
 /// Missing ones skip the test locally (with a note on stderr) but fail it under CI=true, where
 /// `.ci/run` fetches them first: a test that silently skips in CI would prove nothing.
-pub fn fetched(relative: &str) -> Option<std::path::PathBuf> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+pub fn fetched(relative: &str) -> Option<PathBuf> {
+    let dir = root().join(relative);
     if dir.is_dir() {
         return Some(dir);
     }
@@ -55,7 +172,7 @@ pub fn fetched(relative: &str) -> Option<std::path::PathBuf> {
 
 /// Last-position logits of candle-transformers' llama (it returns only those) for the HF
 /// checkpoint in `dir`: the independent reference our Llama is tested against.
-pub fn reference_llama_last_logits(dir: &std::path::Path, tokens: &[u32]) -> Vec<f32> {
+pub fn reference_llama_last_logits(dir: &Path, tokens: &[u32]) -> Vec<f32> {
     use candle_core::{DType, Device, Tensor};
     use candle_transformers::models::llama as reference;
     let cfg: reference::LlamaConfig =
@@ -84,7 +201,7 @@ pub fn relative_max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// candle-nn's own loader over `dir/model.safetensors` (F32), for the candle-transformers
 /// reference models.
-pub fn reference_weights(dir: &std::path::Path) -> candle_nn::VarBuilder<'static> {
+pub fn reference_weights(dir: &Path) -> candle_nn::VarBuilder<'static> {
     // SAFETY: the model file is not modified while mapped.
     unsafe {
         candle_nn::VarBuilder::from_mmaped_safetensors(
@@ -98,9 +215,7 @@ pub fn reference_weights(dir: &std::path::Path) -> candle_nn::VarBuilder<'static
 
 /// The first `n` sentences of 5 to 60 words in calibration-data/sotu-eval.txt (held-out text).
 pub fn sotu_sentences(n: usize) -> Vec<String> {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration-data/sotu-eval.txt");
-    let text = std::fs::read_to_string(&path).expect("calibration-data/sotu-eval.txt is committed");
+    let text = read_text("calibration-data/sotu-eval.txt");
     let text = text.replace(['\n', '\r'], " ");
     let out: Vec<String> = text
         .split(". ")
@@ -115,16 +230,12 @@ pub fn sotu_sentences(n: usize) -> Vec<String> {
 
 /// Mean over `windows` of the mean next-token KLD of `model` as it stands (quantized) against
 /// `reference`, the float logits of the same windows.
-pub fn mean_kld<W: AsRef<[u32]>>(
-    model: &qpipe::model::llama::Llama,
-    windows: &[W],
-    reference: &[Vec<f32>],
-) -> f64 {
+pub fn mean_kld<W: AsRef<[u32]>>(model: &Llama, windows: &[W], reference: &[Vec<f32>]) -> f64 {
     let vocab = model.config().vocab_size;
     let mut total = 0.0;
     for (w, r) in windows.iter().zip(reference) {
         let w = w.as_ref();
-        let q = qpipe::model::llama::sequence_logits(model, w).unwrap();
+        let q = sequence_logits(model, w).unwrap();
         let n = w.len() - 1;
         total += qpipe::reference::metrics::compare_logits(
             &r[..n * vocab],
@@ -183,9 +294,4 @@ pub fn gguf_name(hf: &str) -> String {
     .unwrap()
     .1;
     format!("blk.{layer}.{role}")
-}
-
-/// The committed demo model, `models/tiny` (a 3.3M-parameter Llama; always present).
-pub fn tiny() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
 }

@@ -460,7 +460,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
             origin: if k + 1 == points.len() {
                 format!("selected ({})", p.origin)
             } else {
-                p.origin.clone()
+                p.origin.to_string()
             },
             bits_per_weight: p.fitness.bits_per_weight,
             bytes: p.fitness.bytes,
@@ -478,7 +478,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         formats: formats.iter().map(|f| f.to_string()).collect(),
         genome: space.named(&selected.genome),
         selected: selected.fitness,
-        origin: selected.origin.clone(),
+        origin: selected.origin.to_string(),
         estimate,
         packed,
         validation,
@@ -675,7 +675,7 @@ fn validate(
         .iter()
         .zip(&losses)
         .map(|(p, &l)| Validated {
-            origin: p.origin.clone(),
+            origin: p.origin.to_string(),
             calibration_loss: p.fitness.loss,
             validation_loss: l,
         })

@@ -359,7 +359,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Re
         formats: formats.iter().map(|f| f.to_string()).collect(),
         genome: space.named(&selected.genome),
         selected: selected.fitness,
-        origin: selected.origin.clone(),
+        origin: selected.origin,
         estimate,
         packed,
         validation,
@@ -420,7 +420,7 @@ fn held_out(
             origin: if k + 1 == points.len() {
                 format!("selected ({})", p.origin)
             } else {
-                p.origin.clone()
+                p.origin.to_string()
             },
             bits_per_weight: p.fitness.bits_per_weight,
             bytes: p.fitness.bytes,

@@ -12,7 +12,7 @@ use crate::hardware::CostEstimate;
 use crate::packed::Provenance;
 use crate::quant::Format;
 use crate::search::genome::NamedGenome;
-use crate::search::{self, Constraints, Settings};
+use crate::search::{self, Constraints, Origin, Settings};
 use crate::sensitivity::{Options, Sensitivity};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ pub struct Report {
     /// Its objectives on the calibration tokens (latency and energy are estimates).
     pub selected: search::Fitness,
     /// Where the selected genome came from.
-    pub origin: String,
+    pub origin: Origin,
     /// Cost-model estimates for the selected genome (decode step and prefill of `seq_len`).
     pub estimate: Option<CostEstimate>,
     /// Held-out metrics of the packed checkpoint, run on the packed weights.

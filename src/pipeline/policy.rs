@@ -10,7 +10,7 @@ use crate::hardware::Target;
 use crate::model::Model;
 use crate::quant::{Activation, Format};
 use crate::search::fitness::Evaluator;
-use crate::search::{Constraints, Outcome, Point};
+use crate::search::{Constraints, Origin, Outcome, Point};
 use serde::Serialize;
 
 /// Bits per weight a compress aims under when no size, latency or energy limit is given: 4-bit
@@ -142,7 +142,7 @@ pub fn writes_gguf(target: &Target) -> bool {
 #[derive(Debug, Serialize)]
 pub struct Validated {
     /// Where it came from.
-    pub origin: String,
+    pub origin: Origin,
     /// Loss on the search's calibration tokens.
     pub calibration_loss: f64,
     /// Loss on the further calibration tokens.
@@ -197,7 +197,7 @@ pub fn choose(
         .iter()
         .zip(&losses)
         .map(|(p, &l)| Validated {
-            origin: p.origin.clone(),
+            origin: p.origin,
             calibration_loss: p.fitness.loss,
             validation_loss: l,
         })

@@ -11,6 +11,7 @@
 pub mod fitness;
 pub mod genome;
 pub mod nsga2;
+pub mod origin;
 pub mod target;
 
 use crate::error::{Error, Result, Subject};
@@ -19,6 +20,7 @@ use crate::sensitivity::Sensitivity;
 use fitness::Evaluator;
 use genome::{Gene, Genome, NamedGenome, Space};
 use nsga2::Score;
+pub use origin::Origin;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -94,8 +96,8 @@ pub struct Settings {
 /// One evaluated genome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Point {
-    /// Where it came from (`uniform int4-g32-asym`, `lagrangian 4.50 bpw`, `evolved`).
-    pub origin: String,
+    /// Where it came from.
+    pub origin: Origin,
     /// The genome.
     pub genome: Genome,
     /// Its objectives.
@@ -140,7 +142,7 @@ struct State {
     settings: Settings,
     generation: usize,
     population: Vec<NamedGenome>,
-    archive: Vec<(String, NamedGenome)>,
+    archive: Vec<(Origin, NamedGenome)>,
     losses: Vec<(u64, f64)>,
 }
 
@@ -175,7 +177,7 @@ pub fn run(
             })
             .collect()
     };
-    let evaluate = |origins: Vec<(String, Genome)>| -> Result<Vec<Point>> {
+    let evaluate = |origins: Vec<(Origin, Genome)>| -> Result<Vec<Point>> {
         let genomes: Vec<Genome> = origins.iter().map(|(_, g)| g.clone()).collect();
         let losses = evaluator.losses(&genomes)?;
         Ok(origins
@@ -214,19 +216,19 @@ pub fn run(
                     saved
                         .archive
                         .iter()
-                        .map(|(o, n)| Ok((o.clone(), unname(n)?)))
+                        .map(|(o, n)| Ok((*o, unname(n)?)))
                         .collect::<Result<_>>()?,
                 )?;
                 let population = evaluate(
                     saved
                         .population
                         .iter()
-                        .map(|n| Ok(("evolved".to_string(), unname(n)?)))
+                        .map(|n| Ok((Origin::Evolved, unname(n)?)))
                         .collect::<Result<_>>()?,
                 )?;
                 let seeds = archive
                     .iter()
-                    .filter(|p| p.origin != "evolved")
+                    .filter(|p| p.origin.is_seed())
                     .cloned()
                     .collect();
                 (saved.generation, population, archive, seeds)
@@ -239,10 +241,7 @@ pub fn run(
                 let mut extra = Vec::new();
                 while population.len() + extra.len() < settings.population {
                     let parent = &seeds[rng.random_range(0..seeds.len())].genome;
-                    extra.push((
-                        "evolved".to_string(),
-                        guide.mutate(parent, space, None, &mut rng),
-                    ));
+                    extra.push((Origin::Evolved, guide.mutate(parent, space, None, &mut rng)));
                 }
                 population.extend(evaluate(extra)?);
                 let archive = population.clone();
@@ -299,7 +298,7 @@ pub fn run(
                 }
                 child = guide.step(&child, space, Some(true), &mut rng);
             }
-            children.push(("evolved".to_string(), child));
+            children.push((Origin::Evolved, child));
         }
         let children = evaluate(children)?;
         archive.extend(children.iter().cloned());
@@ -373,22 +372,24 @@ fn genome_over_size(space: &Space, c: &Constraints, g: &Genome) -> bool {
 /// Every uniform legal format (with the first calibrator and the first activation option it
 /// may run with), then, per activation option, Lagrangian allocations from the sensitivity at
 /// budgets spread between the smallest and the largest uniform size, plus the `max_bpw` limit.
-fn seed_genomes(space: &Space, guide: &Guide, settings: &Settings) -> Vec<(String, Genome)> {
+fn seed_genomes(space: &Space, guide: &Guide, settings: &Settings) -> Vec<(Origin, Genome)> {
     let calibrator = space.calibrators[0];
     let mut formats: Vec<_> = space.slots[0].formats.clone();
     formats.retain(|f| space.slots.iter().all(|s| s.formats.contains(f)));
-    let mut seeds: Vec<(String, Genome)> = formats
+    let mut seeds: Vec<(Origin, Genome)> = formats
         .iter()
         .filter_map(|&f| {
             let activation = *space
                 .activations
                 .iter()
                 .find(|a| space.pair_legal(f, **a))?;
-            let name = match activation {
-                Activation::Float => format!("uniform {f}"),
-                a => format!("uniform {f} {a}"),
+            let origin = Origin::Uniform {
+                format: f,
+                activation,
             };
-            space.uniform(f, calibrator, activation).map(|g| (name, g))
+            space
+                .uniform(f, calibrator, activation)
+                .map(|g| (origin, g))
         })
         .collect();
     if guide.has_sensitivity() {
@@ -404,11 +405,8 @@ fn seed_genomes(space: &Space, guide: &Guide, settings: &Settings) -> Vec<(Strin
         // The spread of budgets with the first activation option that every tensor can run
         // with, and the limit itself with each other option.
         for (k, &activation) in space.activations.iter().enumerate() {
-            let label = match activation {
-                Activation::Float => String::new(),
-                a => format!(" {a}"),
-            };
-            let budgets = if k == 0 || seeds.iter().all(|(o, _)| !o.starts_with("lagrangian")) {
+            let lagrangian = |(o, _): &(Origin, Genome)| matches!(o, Origin::Lagrangian { .. });
+            let budgets = if k == 0 || !seeds.iter().any(lagrangian) {
                 budgets.clone()
             } else {
                 settings.constraints.max_bpw.into_iter().collect()
@@ -418,7 +416,7 @@ fn seed_genomes(space: &Space, guide: &Guide, settings: &Settings) -> Vec<(Strin
                     continue;
                 };
                 if space.bits_per_weight(&g) <= bpw + 1e-9 && !seeds.iter().any(|(_, s)| *s == g) {
-                    seeds.push((format!("lagrangian {bpw:.2} bpw{label}"), g));
+                    seeds.push((Origin::lagrangian(bpw, activation), g));
                 }
             }
         }
@@ -689,7 +687,7 @@ fn save_state(
         population: population.iter().map(|p| space.named(&p.genome)).collect(),
         archive: archive
             .iter()
-            .map(|p| (p.origin.clone(), space.named(&p.genome)))
+            .map(|p| (p.origin, space.named(&p.genome)))
             .collect(),
         losses: evaluator.known(),
     };

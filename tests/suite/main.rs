@@ -1,6 +1,10 @@
 //! The integration tests, one module per area, in one binary so the suite links once.
 //!
 //! `cargo test --release --test suite MODULE` runs one module (e.g. `hardware_host`).
+//!
+//! The tests run concurrently: one that keeps a core busy for more than a tenth of a second
+//! starts with `let _cpu = common::busy();`, so that hardware_host (run with `--ignored`) can hold
+//! the CPUs alone while it times them.
 
 mod common;
 

@@ -80,9 +80,13 @@ pub fn llama(model: &Model) -> &Llama {
 
 /// A causal LM with its calibration statistics, and held-out windows with their float logits.
 pub struct Calibrated {
+    /// The model, float weights.
     pub model: Model,
+    /// Its calibration statistics.
     pub stats: Stats,
+    /// Held-out windows of tokens.
     pub held_out: Vec<Vec<u32>>,
+    /// The float model's logits on each window.
     pub reference: Vec<Vec<f32>>,
 }
 

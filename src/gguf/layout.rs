@@ -127,7 +127,7 @@ fn move_rows(values: &[f32], heads: usize, head_dim: usize, to: Order) -> Vec<f3
 }
 
 /// The inverse against llama.cpp's `permute` (weights and biases) is tested end to end in
-/// tests/import.rs, with an independent transcription of it.
+/// tests/suite/import.rs, with an independent transcription of it.
 #[cfg(test)]
 mod tests {
     use super::*;

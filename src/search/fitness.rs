@@ -25,7 +25,7 @@ use std::sync::Mutex;
 
 /// Calibrator for activation ranges: of the four, the best held-out KLD with one SmolLM2 layer's
 /// input at A8 on 107 of 210 layers (minmax 49, entropy 51, percentile 7; ties counted for each),
-/// and better than minmax on 149 (tests/activation_quant.rs, the ignored test).
+/// and better than minmax on 149 (tests/suite/activation_quant.rs, the ignored test).
 const ACTIVATION_CALIBRATOR: Calibrator = Calibrator::Mse;
 
 /// Hidden states are kept entering every `PREFIX_STRIDE`-th layer.

@@ -4,13 +4,12 @@ use super::{print, Stderr};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::model::Model;
 use qpipe::pipeline::output::OutDir;
-use qpipe::pipeline::{load_tokens, Observer, Step};
+use qpipe::pipeline::{self, load_tokens, Observer};
 use qpipe::quant::{Calibrator, Format};
-use qpipe::sensitivity::{self, Options, Reuse};
+use qpipe::sensitivity::{Options, Reuse};
 use qpipe::{calib, data, Result};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Arguments of `qpipe sensitivity`.
@@ -81,12 +80,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         tensors: args.tensors.clone(),
         estimated: args.estimate.clone(),
     };
-    let done = AtomicU64::new(0);
-    let result = sensitivity::analyse(&model, &sequences, &stats, &options, &|total| {
-        let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-        observer.progress(Step::Sensitivity, d, total as u64, "");
-    })?;
-    observer.finished(Step::Sensitivity);
+    let result = pipeline::sensitivity(&model, &sequences, &stats, &options, &observer)?;
     observer.note(&format!(
         "{} candidates on {used} tokens in {:.1} s ({})",
         result.entries.len(),

@@ -19,10 +19,9 @@ use crate::search::fitness::Evaluator;
 use crate::search::genome::Space;
 use crate::search::target::TargetCosts;
 use crate::search::{self, Constraints, Outcome, Point, Settings};
-use crate::sensitivity::{self, Options, Reuse};
+use crate::sensitivity::{Options, Reuse};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Bytes of hidden states kept for children to start from: a few generations of parents.
@@ -222,12 +221,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Re
         }
         None => {
             stage(Stage::Sensitivity);
-            let done = AtomicU64::new(0);
-            let s = sensitivity::analyse(&model, &sens_sequences, &stats, &options, &|total| {
-                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                observer.progress(Step::Sensitivity, d, total as u64, "");
-            })?;
-            observer.finished(Step::Sensitivity);
+            let s = super::sensitivity(&model, &sens_sequences, &stats, &options, observer)?;
             out.write_sensitivity(&s)?;
             s
         }

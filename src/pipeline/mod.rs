@@ -16,8 +16,10 @@ pub use compress::{compress, CompressRequest, Limits, SearchPlan, Start, TextPla
 
 use crate::error::{Error, Result, Subject};
 use crate::model::Model;
+use crate::{calib, sensitivity};
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Where a job reports what it is doing: stages, one-line notes and the progress of its long
@@ -86,6 +88,23 @@ pub enum Step {
     Sensitivity,
     /// Search generations finished (the seeds are generation 0).
     Search,
+}
+
+/// [`sensitivity::analyse`] with its progress, candidate by candidate, told to `observer`.
+pub fn sensitivity(
+    model: &Model,
+    sequences: &[&[u32]],
+    stats: &calib::Stats,
+    options: &sensitivity::Options,
+    observer: &dyn Observer,
+) -> Result<sensitivity::Sensitivity> {
+    let done = AtomicU64::new(0);
+    let result = sensitivity::analyse(model, sequences, stats, options, &|total| {
+        let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+        observer.progress(Step::Sensitivity, d, total as u64, "");
+    })?;
+    observer.finished(Step::Sensitivity);
+    Ok(result)
 }
 
 /// Tokens per evaluation sequence when none is given: 256 for causal LMs (every position is

@@ -1,6 +1,8 @@
 //! qpipe: mixed-precision model compression with real forward-pass fitness.
 //!
-//! Data flows one way: checkpoint -> model -> calibration -> sensitivity -> search -> export -> eval.
+//! Modules are layers (docs/ARCHITECTURE.md), each using only those below it: checkpoint ->
+//! quant -> model -> reference -> calib -> sensitivity -> hardware -> search -> export -> report
+//! -> pipeline. [`pipeline`] holds the jobs the `qpipe` binary runs, as library calls.
 
 #![deny(missing_docs)]
 

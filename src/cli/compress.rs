@@ -379,7 +379,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     };
     write_atomic(
         &args.out.join("pareto.svg"),
-        outcome.pareto_svg(baseline.metric().label()).as_bytes(),
+        crate::report::pareto::svg(&outcome, baseline.metric().label()).as_bytes(),
     )?;
 
     stage("export");

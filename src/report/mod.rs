@@ -1,5 +1,6 @@
 //! Human-readable output: number formatting, aligned terminal tables and SVG charts.
 
+pub mod pareto;
 pub mod svg;
 pub mod table;
 

@@ -132,39 +132,3 @@ pub struct Progress {
     /// Size of the current first front.
     pub front: usize,
 }
-
-impl Outcome {
-    /// The front as an SVG plot of loss (`metric`, log scale) against bits per weight,
-    /// coloured by estimated latency, the selected point ringed.
-    pub fn pareto_svg(&self, metric: &str) -> String {
-        let points: Vec<(f64, f64, f64, String)> = self
-            .front
-            .iter()
-            .map(|p| {
-                let f = &p.fitness;
-                (
-                    f.bits_per_weight,
-                    f.loss,
-                    f.latency_ms,
-                    format!(
-                        "{}: {:.3} bpw, {metric} {:.3e}, {:.3} ms, {:.3} mJ (estimates)",
-                        p.origin, f.bits_per_weight, f.loss, f.latency_ms, f.energy_mj
-                    ),
-                )
-            })
-            .collect();
-        let highlight = self
-            .selected
-            .as_ref()
-            .and_then(|s| self.front.iter().position(|p| p.genome == s.genome));
-        crate::report::svg::Scatter {
-            title: &format!("Pareto front: {metric} vs bits per weight"),
-            x_label: "bits per weight (quantized tensors)",
-            y_label: metric,
-            colour_label: "latency ms (estimate)",
-            points: &points,
-            highlight,
-        }
-        .render()
-    }
-}

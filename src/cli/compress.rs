@@ -338,7 +338,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         &costs,
         Some(&sensitivity),
         &settings,
-        Some((&search::state_path(&args.out), args.resume)),
+        Some(search::StateFile {
+            path: &search::state_path(&args.out),
+            resume: args.resume,
+        }),
         &|p| {
             let secs = search_start.elapsed().as_secs_f64().max(1e-9);
             bar.set_position(p.generation as u64 + 1);

@@ -29,6 +29,9 @@ use std::sync::Mutex;
 /// and better than minmax on 149 (tests/activation_quant.rs, the ignored test).
 const ACTIVATION_CALIBRATOR: Calibrator = Calibrator::Mse;
 
+/// Activation quantizers are asymmetric: codes 0..2^b - 1 with a zero-point.
+const ACTIVATION_SYMMETRIC: bool = false;
+
 /// Hidden states are kept entering every `PREFIX_STRIDE`-th layer.
 const PREFIX_STRIDE: usize = 4;
 
@@ -142,9 +145,13 @@ impl<'a> Evaluator<'a> {
             let mut quants = HashMap::new();
             for &a in &space.activations {
                 let Some(bits) = a.bits() else { continue };
-                let q =
-                    ActivationQuant::calibrated(ACTIVATION_CALIBRATOR, &s.histogram, bits, false)
-                        .map_err(|m| Error::invalid(Path::new(&slot.name), m))?;
+                let q = ActivationQuant::calibrated(
+                    ACTIVATION_CALIBRATOR,
+                    &s.histogram,
+                    bits,
+                    ACTIVATION_SYMMETRIC,
+                )
+                .map_err(|m| Error::invalid(Path::new(&slot.name), m))?;
                 quants.insert(a, q);
             }
             activation.push(quants);

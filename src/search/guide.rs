@@ -34,6 +34,15 @@ pub(super) fn crossover(a: &Genome, b: &Genome, space: &Space, rng: &mut impl Rn
     }
 }
 
+/// Which way a [`Guide::step`] moves a tensor's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Direction {
+    /// To the next smaller format.
+    Down,
+    /// Up or down at random.
+    Either,
+}
+
 /// Sensitivity-guided moves: per tensor, the measured loss of each format (when known).
 pub(super) struct Guide {
     /// `loss[i][format]` for slot i.
@@ -90,13 +99,13 @@ impl Guide {
         }
     }
 
-    /// A child of `g`: mostly a [`Self::step`] (`shrink` as there); now and then the
+    /// A child of `g`: mostly a [`Self::step`] (`direction` as there); now and then the
     /// calibrator of a tensor or a layer's activations change instead.
     pub(super) fn mutate(
         &self,
         g: &Genome,
         space: &Space,
-        shrink: Option<bool>,
+        direction: Direction,
         rng: &mut impl Rng,
     ) -> Genome {
         let mut child = g.clone();
@@ -128,15 +137,18 @@ impl Guide {
             }
             return child;
         }
-        self.step(&child, space, shrink, rng)
+        self.step(&child, space, direction, rng)
     }
 
-    /// A child of `g` with one tensor moved one format step (down with `Some(true)`, else up
-    /// or down at random), drawn with probability proportional to the sensitivity trade of the
-    /// move (loss change per byte), or uniformly without sensitivity.
-    fn step(&self, g: &Genome, space: &Space, shrink: Option<bool>, rng: &mut impl Rng) -> Genome {
+    /// A child of `g` with one tensor moved one format step in `direction`, drawn with
+    /// probability proportional to the sensitivity trade of the move (loss change per byte), or
+    /// uniformly without sensitivity.
+    fn step(&self, g: &Genome, space: &Space, direction: Direction, rng: &mut impl Rng) -> Genome {
         let mut child = g.clone();
-        let down = shrink.unwrap_or_else(|| rng.random_bool(0.5));
+        let down = match direction {
+            Direction::Down => true,
+            Direction::Either => rng.random_bool(0.5),
+        };
         // (slot, new format, weight of the move)
         let moves: Vec<(usize, Format, f64)> = space
             .slots
@@ -202,7 +214,7 @@ impl Guide {
             if !genome_over_size(space, constraints, &child) {
                 break;
             }
-            child = self.step(&child, space, Some(true), rng);
+            child = self.step(&child, space, Direction::Down, rng);
         }
         child
     }

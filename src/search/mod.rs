@@ -22,7 +22,7 @@ use genome::{Genome, Space};
 pub use origin::Origin;
 pub use run::run;
 use serde::{Deserialize, Serialize};
-pub use state::state_path;
+pub use state::{state_path, StateFile};
 
 /// A target's cost estimates for a genome (from a hardware model, not measured).
 pub trait Costs: Sync {

@@ -3,10 +3,10 @@
 
 use super::fitness::Evaluator;
 use super::genome::{Genome, NamedGenome};
-use super::guide::{crossover, genome_over_size, Guide};
+use super::guide::{crossover, genome_over_size, Direction, Guide};
 use super::nsga2::{self, Score};
 use super::seeds::seed_genomes;
-use super::state::{load_state, save_state};
+use super::state::{load_state, save_state, StateFile};
 use super::{Costs, Fitness, Origin, Outcome, Point, Progress, Settings};
 use crate::error::{Error, Result};
 use crate::sensitivity::Sensitivity;
@@ -15,14 +15,14 @@ use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Runs the search. `state` (if given) is written after every generation and, with `resume`,
-/// read first to continue a previous run with the same settings.
+/// Runs the search. `state` (if given) is written after every generation and, when it says to
+/// resume, read first to continue a previous run with the same settings.
 pub fn run(
     evaluator: &Evaluator,
     costs: &dyn Costs,
     sensitivity: Option<&Sensitivity>,
     settings: &Settings,
-    state: Option<(&Path, bool)>,
+    state: Option<StateFile<'_>>,
     progress: &dyn Fn(&Progress),
 ) -> Result<Outcome> {
     let space = evaluator.space();
@@ -72,7 +72,7 @@ pub fn run(
     let guide = Guide::new(space, sensitivity);
 
     let (mut generation, mut population, mut archive, seeds) =
-        match state.filter(|(_, resume)| *resume).map(|(p, _)| p) {
+        match state.filter(|s| s.resume).map(|s| s.path) {
             Some(path) if path.exists() => {
                 let saved = load_state(path, settings)?;
                 evaluator.remember(&saved.losses);
@@ -110,7 +110,10 @@ pub fn run(
                 let mut extra = Vec::new();
                 while population.len() + extra.len() < settings.population {
                     let parent = &seeds[rng.random_range(0..seeds.len())].genome;
-                    extra.push((Origin::Evolved, guide.mutate(parent, space, None, &mut rng)));
+                    extra.push((
+                        Origin::Evolved,
+                        guide.mutate(parent, space, Direction::Either, &mut rng),
+                    ));
                 }
                 population.extend(evaluate(extra)?);
                 let archive = population.clone();
@@ -136,8 +139,8 @@ pub fn run(
                 .map_or(0, Vec::len),
         });
         match state {
-            Some((path, _)) => save_state(
-                path, settings, generation, space, population, archive, evaluator,
+            Some(s) => save_state(
+                s.path, settings, generation, space, population, archive, evaluator,
             ),
             None => Ok(()),
         }
@@ -157,8 +160,12 @@ pub fn run(
             let a = &population[nsga2::tournament(&rank, &crowd, &mut rng)];
             let b = &population[nsga2::tournament(&rank, &crowd, &mut rng)];
             let child = crossover(&a.genome, &b.genome, space, &mut rng);
-            let shrink = over_size(a).then_some(true);
-            let child = guide.mutate(&child, space, shrink, &mut rng);
+            let direction = if over_size(a) {
+                Direction::Down
+            } else {
+                Direction::Either
+            };
+            let child = guide.mutate(&child, space, direction, &mut rng);
             let child = guide.repair(child, space, &settings.constraints, &mut rng);
             children.push((Origin::Evolved, child));
         }

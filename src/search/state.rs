@@ -7,6 +7,15 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Where a search saves its state, and whether it continues from it.
+#[derive(Debug, Clone, Copy)]
+pub struct StateFile<'a> {
+    /// The file (in an output directory: [`state_path`]).
+    pub path: &'a Path,
+    /// Continue the search saved there, if the file exists, instead of starting over.
+    pub resume: bool,
+}
+
 /// Saved after every generation, so an interrupted search resumes where it stopped.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct State {

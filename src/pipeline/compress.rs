@@ -18,7 +18,7 @@ use crate::reference::{batch, Baseline};
 use crate::search::fitness::Evaluator;
 use crate::search::genome::Space;
 use crate::search::target::TargetCosts;
-use crate::search::{self, Constraints, Outcome, Point, Settings};
+use crate::search::{self, Constraints, Outcome, Point, Settings, StateFile};
 use crate::sensitivity::{Options, Reuse};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -256,7 +256,10 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Re
         &costs,
         Some(&sensitivity),
         &settings,
-        Some((&out.search_state(), request.start == Start::Resume)),
+        Some(StateFile {
+            path: &out.search_state(),
+            resume: request.start == Start::Resume,
+        }),
         &|p| {
             let secs = search_start.elapsed().as_secs_f64().max(1e-9);
             let status = format!(

@@ -8,9 +8,8 @@ use qpipe::quant::{Activation, Calibrator, Format};
 use qpipe::reference::{batch, Baseline};
 use qpipe::search::fitness::Evaluator;
 use qpipe::search::genome::{Genome, Space};
-use qpipe::search::{self, Constraints, Costs, Outcome, Settings};
+use qpipe::search::{self, Constraints, Costs, Outcome, Settings, StateFile};
 use qpipe::sensitivity::{self, Options};
-use std::path::Path;
 
 /// A stand-in target whose latency and energy grow with the bytes read.
 struct Bytes;
@@ -72,7 +71,7 @@ fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
             ..Constraints::default()
         },
     };
-    let search = |threads: usize, settings: &Settings, state: Option<(&Path, bool)>| {
+    let search = |threads: usize, settings: &Settings, state: Option<StateFile>| {
         common::on_threads(threads, || {
             let evaluator =
                 Evaluator::new(&model, &space, &baseline, &stats, 1 << 28, 1 << 28).unwrap();
@@ -130,8 +129,16 @@ fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
         generations: 1,
         ..settings.clone()
     };
-    search(2, &first, Some((&state, false))).unwrap();
-    let resumed = search(2, &settings, Some((&state, true))).unwrap();
+    let start = StateFile {
+        path: &state,
+        resume: false,
+    };
+    let resume = StateFile {
+        resume: true,
+        ..start
+    };
+    search(2, &first, Some(start)).unwrap();
+    let resumed = search(2, &settings, Some(resume)).unwrap();
     assert!(
         resumed.front == two.front && resumed.selected == two.selected,
         "resume diverged"
@@ -146,9 +153,7 @@ fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
         seed: 8,
         ..settings
     };
-    let err = search(2, &other, Some((&state, true)))
-        .unwrap_err()
-        .to_string();
+    let err = search(2, &other, Some(resume)).unwrap_err().to_string();
     assert!(
         err.contains("state.json") && err.contains("other settings"),
         "{err}"

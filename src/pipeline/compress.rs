@@ -2,7 +2,7 @@
 //! -> report, for one hardware target. The decisions are [`super::policy`]'s, the files
 //! [`super::output`]'s; this file runs the stages in order and hands progress to the observer.
 
-use super::output::{HeldOut, OutDir, Report};
+use super::output::{CompressReport, HeldOut, OutDir};
 use super::policy::{self, HELD_OUT_GROUP};
 use super::{default_seq_len, load_tokens, Observer, Stage, Step};
 use crate::calib;
@@ -134,7 +134,7 @@ pub enum Start {
 
 /// Runs the whole compress job of `request`, writing its files into `request.out`; returns
 /// the report written to `qpipe.json`.
-pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Report> {
+pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<CompressReport> {
     let start = Instant::now();
     let stage = |s: Stage| observer.stage(s, start.elapsed());
     let target = hardware::target(&request.target)?;
@@ -347,7 +347,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Re
     let packed_model = Model::load_packed(&Packed::open(&packed_path)?)?;
     let (held_out, packed) = held_out(&model, &evaluator, &points, &packed_model, &eval_sequences)?;
     let estimate = estimate(rates.as_ref(), &space, &selected, seq_len);
-    let report = Report {
+    let report = CompressReport {
         target: target.name.clone(),
         device: target.device.clone(),
         metric: baseline.metric().label().to_string(),

@@ -13,6 +13,7 @@ pub mod summary;
 pub mod targets;
 
 pub use compress::{compress, CompressRequest, Limits, SearchPlan, Start, TextPlan};
+pub use output::CompressReport;
 
 use crate::error::{Error, Result, Subject};
 use crate::model::Model;

@@ -34,7 +34,7 @@ pub struct HeldOut {
 
 /// `qpipe.json`: what was chosen, why, and how good it measured.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct CompressReport {
     /// Target name.
     pub target: String,
     /// Device the target describes.
@@ -75,7 +75,7 @@ pub struct Report {
     pub provenance: Provenance,
 }
 
-impl Report {
+impl CompressReport {
     /// The report as `qpipe.json` holds it (pretty JSON with a final newline).
     pub fn json(&self) -> Result<String> {
         serde_json::to_string_pretty(self)
@@ -189,7 +189,7 @@ impl OutDir {
     }
 
     /// `qpipe.json`; returns its text.
-    pub fn write_report(&self, report: &Report) -> Result<String> {
+    pub fn write_report(&self, report: &CompressReport) -> Result<String> {
         let json = report.json()?;
         self.write(REPORT, json.as_bytes())?;
         Ok(json)

@@ -1,7 +1,7 @@
 //! The terminal summary of a compress run: what was chosen and why, every seed beside the
 //! result on held-out tokens, and what the limits cost.
 
-use super::output::Report;
+use super::output::CompressReport;
 use super::policy;
 use crate::eval::Comparison;
 use crate::report::{human_bytes, Table};
@@ -30,7 +30,7 @@ pub fn describe(c: &Constraints) -> String {
 }
 
 /// The terminal summary: what was chosen and why, seeds side by side on held-out tokens.
-pub fn summary(r: &Report) -> String {
+pub fn summary(r: &CompressReport) -> String {
     let metric_of = |c: &Comparison| match c {
         Comparison::Lm(l) => format!("{:.4e} (ppl {:.3})", l.mean_kld, l.ppl),
         Comparison::Embedding(e) => {

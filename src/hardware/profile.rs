@@ -23,6 +23,12 @@ const TARGETS_PATH: &str = "src/hardware/targets.json (embedded)";
 /// Source kinds a number may cite.
 const SOURCE_KINDS: [&str; 4] = ["datasheet", "paper", "assumed", "measured"];
 
+/// Whether `source` names a known kind and says something after it.
+fn well_sourced(source: &str) -> bool {
+    let kind = source.split(':').next().unwrap_or("").trim();
+    SOURCE_KINDS.contains(&kind) && !source.trim_end().ends_with(':')
+}
+
 /// A number with the source it comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sourced {
@@ -194,6 +200,20 @@ pub struct Rule {
     /// Whether the weights are unpacked in software first (costs the target's unpack rate).
     #[serde(default)]
     pub emulated: bool,
+    /// Where the rule comes from (`datasheet: ...`, `paper: ...`, `assumed: ...`), for rules
+    /// added after the profile was first written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// How a target stores the tensors no weight format is chosen for (norms, biases).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtherTensors {
+    /// The float type they are stored in.
+    pub dtype: crate::quant::FloatType,
+    /// Why: `datasheet: ...`, `paper: ...` or `assumed: ...`.
+    pub source: String,
 }
 
 /// Whether a filter allows `value`: a missing list allows everything.
@@ -301,6 +321,10 @@ pub struct Target {
     pub energy_model: Option<EnergyModel>,
     /// Legality rules, first match wins; no match is illegal.
     pub rules: Vec<Rule>,
+    /// The float type of norms and biases where the target computes them narrower than they
+    /// are stored; absent: kept as stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_tensors: Option<OtherTensors>,
 }
 
 /// How a legal (weights, activations) pair runs on a target.
@@ -411,7 +435,7 @@ impl Target {
                     s.value
                 ));
             }
-            if !SOURCE_KINDS.contains(&s.kind()) || s.source.trim_end().ends_with(':') {
+            if !well_sourced(&s.source) {
                 return bad(format!(
                     "{label} has source '{}', expected 'datasheet|paper|assumed: ...'",
                     s.source
@@ -426,7 +450,22 @@ impl Target {
         {
             return bad("needs bandwidth, on-chip memory and overhead (or 'measured')".into());
         }
+        if let Some(o) = self
+            .other_tensors
+            .as_ref()
+            .filter(|o| !well_sourced(&o.source))
+        {
+            return bad(format!(
+                "other_tensors has source '{}', expected 'datasheet|paper|assumed: ...'",
+                o.source
+            ));
+        }
         for rule in &self.rules {
+            if let Some(s) = rule.source.as_deref().filter(|s| !well_sourced(s)) {
+                return bad(format!(
+                    "a rule has source '{s}', expected 'datasheet|paper|assumed: ...'"
+                ));
+            }
             if needs_file_numbers && !self.peak_macs_per_s.contains_key(&rule.compute) {
                 return bad(format!("no peak rate for compute {}", rule.compute.name()));
             }

@@ -32,7 +32,7 @@ fn main() {
     let c = model.config().clone();
     let tok = qpipe::data::tokenizer(&ckpt).unwrap();
     let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration-data/moby-dick-eval.txt");
-    let ids = qpipe::data::encode_file(&tok, &text).unwrap();
+    let ids = qpipe::data::encode(&tok, &text.into()).unwrap();
     let ids = Tensor::from_slice(&ids[..BATCH * SEQ], (BATCH, SEQ), &Device::Cpu).unwrap();
     let tokens = (BATCH * SEQ) as f64;
 

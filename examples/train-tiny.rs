@@ -98,7 +98,7 @@ fn encode(tokenizer: &Tokenizer, data: &Path, files: &[&str]) -> Vec<u32> {
     let mut out = Vec::new();
     for f in files {
         out.extend(
-            qpipe::data::encode_file(tokenizer, &data.join(f))
+            qpipe::data::encode(tokenizer, &data.join(f).into())
                 .unwrap_or_else(|e| fail(&e.to_string())),
         );
     }

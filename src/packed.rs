@@ -71,6 +71,52 @@ pub struct Manifest {
     pub provenance: Provenance,
 }
 
+impl Manifest {
+    /// The manifest of `checkpoint`, validated: present, of this version, and every part of
+    /// every entry stored with the right dtype and size.
+    pub fn read(checkpoint: &Checkpoint) -> Result<Manifest> {
+        let file = checkpoint.first_file().to_path_buf();
+        let json = checkpoint.metadata(METADATA_KEY).ok_or_else(|| {
+            Error::invalid(
+                &file,
+                "not a qpipe packed checkpoint (no __metadata__ \"qpipe\" manifest)",
+            )
+        })?;
+        let manifest: Manifest = serde_json::from_str(json)
+            .map_err(|e| Error::invalid(&file, format!("unreadable qpipe manifest: {e}")))?;
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(Error::unsupported(
+                &file,
+                format!(
+                    "packed format version {} (this qpipe reads version {FORMAT_VERSION})",
+                    manifest.format_version
+                ),
+            ));
+        }
+        for (name, e) in &manifest.tensors {
+            let [rows, cols] = e.shape;
+            e.format
+                .check(rows, cols)
+                .map_err(|m| Error::invalid(&file, format!("'{name}': {m}")))?;
+            for (part, dtype, shape) in parts(name, e) {
+                let view = checkpoint.get(&part).ok_or_else(|| {
+                    Error::invalid(&file, format!("'{name}' in {} lacks '{part}'", e.format))
+                })?;
+                if view.dtype != dtype || view.shape != shape.as_slice() {
+                    return Err(Error::invalid(
+                        &file,
+                        format!(
+                            "'{part}' is {:?} {:?}, {} needs {dtype:?} {shape:?}",
+                            view.dtype, view.shape, e.format
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(manifest)
+    }
+}
+
 /// sha256 of `paths` read in order, hex.
 pub fn sha256_files<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<String> {
     let mut h = Sha256::new();
@@ -127,44 +173,7 @@ impl Packed {
     /// and size.
     pub fn open(path: &Path) -> Result<Packed> {
         let checkpoint = Checkpoint::open(path)?;
-        let file = checkpoint.first_file().to_path_buf();
-        let json = checkpoint.metadata(METADATA_KEY).ok_or_else(|| {
-            Error::invalid(
-                &file,
-                "not a qpipe packed checkpoint (no __metadata__ \"qpipe\" manifest)",
-            )
-        })?;
-        let manifest: Manifest = serde_json::from_str(json)
-            .map_err(|e| Error::invalid(&file, format!("unreadable qpipe manifest: {e}")))?;
-        if manifest.format_version != FORMAT_VERSION {
-            return Err(Error::unsupported(
-                &file,
-                format!(
-                    "packed format version {} (this qpipe reads version {FORMAT_VERSION})",
-                    manifest.format_version
-                ),
-            ));
-        }
-        for (name, e) in &manifest.tensors {
-            let [rows, cols] = e.shape;
-            e.format
-                .check(rows, cols)
-                .map_err(|m| Error::invalid(&file, format!("'{name}': {m}")))?;
-            for (part, dtype, shape) in parts(name, e) {
-                let view = checkpoint.get(&part).ok_or_else(|| {
-                    Error::invalid(&file, format!("'{name}' in {} lacks '{part}'", e.format))
-                })?;
-                if view.dtype != dtype || view.shape != shape.as_slice() {
-                    return Err(Error::invalid(
-                        &file,
-                        format!(
-                            "'{part}' is {:?} {:?}, {} needs {dtype:?} {shape:?}",
-                            view.dtype, view.shape, e.format
-                        ),
-                    ));
-                }
-            }
-        }
+        let manifest = Manifest::read(&checkpoint)?;
         Ok(Packed {
             checkpoint,
             manifest,

@@ -62,7 +62,8 @@ impl Options {
 pub struct Entry {
     /// Checkpoint name of the weight.
     pub tensor: String,
-    /// Index of the layer it sits in (an untied LM head counts as the layer after the last).
+    /// Index of the layer it sits in (an LM head, tied or not, counts as the layer after the
+    /// last; embedding tables as layer 0).
     pub layer: usize,
     /// `[rows, cols]` of the weight.
     pub shape: [usize; 2],
@@ -149,19 +150,24 @@ pub fn analyse(
 
     let mut candidates = Vec::new();
     let mut skipped = Vec::new();
-    for (layer, linears) in model.linears_by_layer().into_iter().enumerate() {
+    for (layer, linears) in model.quantizable_by_layer().into_iter().enumerate() {
         for linear in linears {
             let name = linear.name();
             if !options.selects(name) {
                 continue;
             }
-            let importance = stats
-                .linear(name)
-                .ok_or_else(|| {
-                    Error::invalid(data(), format!("the statistics have no entry for {name}"))
-                })?
-                .importance();
             let (rows, cols) = linear.shape();
+            // A table only looked up has no input: every column weighs the same.
+            let importance = if linear.usage().multiplies() {
+                stats
+                    .linear(name)
+                    .ok_or_else(|| {
+                        Error::invalid(data(), format!("the statistics have no entry for {name}"))
+                    })?
+                    .importance()
+            } else {
+                vec![1.0; cols]
+            };
             let all = options.formats.iter().map(|f| (*f, false));
             for (format, estimated) in all.chain(options.estimated.iter().map(|f| (*f, true))) {
                 match format.check(rows, cols) {
@@ -322,9 +328,10 @@ fn measure(
         weight: &weight,
         format: c.format,
     };
+    // An embedding table changes the model from its first layer on.
     let start = match options.reuse {
-        Reuse::Prefix => c.layer,
-        Reuse::FullRecompute => 0,
+        Reuse::Prefix if !c.linear.usage().gathers() => c.layer,
+        Reuse::Prefix | Reuse::FullRecompute => 0,
     };
     let loss = baseline
         .loss_from(model, start, Some(&swap))

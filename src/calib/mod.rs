@@ -146,7 +146,12 @@ pub fn collect(model: &Model, sequences: &[&[u32]], k: usize) -> Result<Stats> {
     let collector = Arc::new(Collector {
         by_name: Mutex::new(BTreeMap::new()),
     });
-    let linears = model.linears();
+    // Every weight with an input: the matmuls and a tied embedding as the LM head.
+    let linears: Vec<&QLinear> = model
+        .quantizable()
+        .into_iter()
+        .filter(|l| l.usage().multiplies())
+        .collect();
     let install = |obs: Option<Arc<dyn ActivationObserver>>| {
         linears
             .iter()

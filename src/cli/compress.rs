@@ -1,6 +1,7 @@
 //! `qpipe compress`: maps the arguments onto a [`CompressRequest`] and prints the summary.
 
 use super::{print, Stderr};
+use qpipe::data::Builtin;
 use qpipe::pipeline::{self, summary, CompressRequest, Limits, SearchPlan, Start, TextPlan};
 use qpipe::quant::{Calibrator, Format};
 use qpipe::Result;
@@ -15,10 +16,12 @@ pub struct Args {
     /// Hardware target (see `qpipe targets`).
     #[arg(long)]
     target: String,
-    /// Limit on bits per weight of the matmul weights (scales and zero-points included).
+    /// Limit on bits per weight of the whole model: the bytes of every stored tensor (codes,
+    /// scales, zero-points, embeddings, norms; not the file's header) x 8 / all parameters.
     #[arg(long)]
     max_bpw: Option<f64>,
-    /// Limit on the matmul weights' size, in MB (10^6 bytes).
+    /// Limit on the bytes of every stored tensor of the model, in MB (10^6 bytes): the packed
+    /// file's size less its JSON header.
     #[arg(long)]
     max_size: Option<f64>,
     /// Limit on the estimated latency (decode step for LMs, one sequence for encoders), ms.
@@ -45,12 +48,13 @@ pub struct Args {
     /// Continue the search saved in the output directory (more --generations allowed).
     #[arg(long)]
     resume: bool,
-    /// Calibration text.
-    #[arg(long, default_value_os_t = TextPlan::default().calibration)]
-    data: PathBuf,
-    /// Held-out evaluation text (disjoint from the calibration text).
-    #[arg(long, default_value_os_t = TextPlan::default().evaluation)]
-    eval_data: PathBuf,
+    /// Calibration text file [default: the built-in sotu-calibration.txt].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Held-out evaluation text file, disjoint from the calibration text [default: the
+    /// built-in sotu-eval.txt].
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
     /// Calibration tokens the search measures genomes on.
     #[arg(long, default_value_t = TextPlan::default().tokens)]
     tokens: usize,
@@ -91,8 +95,8 @@ impl Args {
                 max_loss: self.max_kld,
             },
             text: TextPlan {
-                calibration: self.data.clone(),
-                evaluation: self.eval_data.clone(),
+                calibration: super::text(&self.data, Builtin::SotuCalibration),
+                evaluation: super::text(&self.eval_data, Builtin::SotuEval),
                 tokens: self.tokens,
                 eval_tokens: self.eval_tokens,
                 seq_len: self.seq_len,

@@ -1,6 +1,7 @@
 //! `qpipe eval`: a packed checkpoint's measured accuracy against its float reference.
 
 use super::{print, Stderr};
+use qpipe::data::Builtin;
 use qpipe::pipeline::eval::{self, EvalRequest};
 use qpipe::Result;
 use std::io::Write;
@@ -9,9 +10,10 @@ use std::path::{Path, PathBuf};
 /// Where the evaluation tokens come from (shared by `eval` and `check`).
 #[derive(Debug, clap::Args)]
 pub struct Data {
-    /// Evaluation text (keep it disjoint from the calibration text).
-    #[arg(long, default_value = "calibration-data/sotu-eval.txt")]
-    data: PathBuf,
+    /// Evaluation text file, disjoint from the calibration text [default: the built-in
+    /// sotu-eval.txt].
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Evaluation tokens (whole sequences of --seq-len).
     #[arg(long, default_value_t = 1024)]
     tokens: usize,
@@ -26,7 +28,7 @@ impl Data {
         EvalRequest {
             packed: packed.to_path_buf(),
             reference: reference.to_path_buf(),
-            data: self.data.clone(),
+            data: super::text(&self.data, Builtin::SotuEval),
             tokens: self.tokens,
             seq_len: self.seq_len,
         }

@@ -15,6 +15,7 @@ mod targets;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use qpipe::data::{Builtin, Text};
 use qpipe::pipeline::{Observer, Stage, Step};
 use qpipe::{Error, Result, Subject};
 use std::io::Write;
@@ -60,6 +61,11 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<i32> {
         Command::Sensitivity(args) => sensitivity::run(&args, out),
         Command::Targets(args) => targets::run(&args, out),
     }
+}
+
+/// The text file `path` names, or the built-in `default`.
+fn text(path: &Option<std::path::PathBuf>, default: Builtin) -> Text {
+    path.clone().map_or(Text::Builtin(default), Text::File)
 }
 
 /// Writes `text` to stdout (`out`), naming stdout when that fails.

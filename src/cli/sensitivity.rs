@@ -17,9 +17,9 @@ use std::time::Instant;
 pub struct Args {
     /// A model directory (or .safetensors file) with config.json and tokenizer.json.
     model: PathBuf,
-    /// Calibration text file.
-    #[arg(long, default_value = "calibration-data/sotu-calibration.txt")]
-    data: PathBuf,
+    /// Calibration text file [default: the built-in sotu-calibration.txt].
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Candidate formats, comma-separated (e.g. int8-channel-sym,int4-g32-asym,q4_k).
     #[arg(
         long,
@@ -64,7 +64,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let checkpoint = Checkpoint::open(&args.model)?;
     let model = Model::load(&checkpoint)?;
     let tokenizer = data::tokenizer(&checkpoint)?;
-    let ids = load_tokens(&tokenizer, &args.data, args.tokens, args.seq_len, &observer)?;
+    let text = super::text(&args.data, data::Builtin::SotuCalibration);
+    let ids = load_tokens(&tokenizer, &text, args.tokens, args.seq_len, &observer)?;
     let sequences = data::sequences(&ids, args.seq_len, args.tokens);
     let used = sequences.len() * args.seq_len;
     let stats = calib::collect(&model, &sequences, 1)?;

@@ -1,9 +1,12 @@
 //! Token streams: calibration and evaluation text turned into token ids with the model's own
 //! tokenizer, and cut into the fixed-length sequences forward passes run on.
 
+pub mod text;
+
+pub use text::{Builtin, Text};
+
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use std::path::Path;
 use tokenizers::Tokenizer;
 
 /// The tokenizer.json beside `checkpoint`'s weights, with its truncation and padding removed.
@@ -25,22 +28,12 @@ pub fn tokenizer(checkpoint: &Checkpoint) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-/// Token ids of the UTF-8 text file `path`, without special tokens (the text is a continuous
-/// document, not a prompt). Empty or whitespace-only text is an error.
-pub fn encode_file(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>> {
-    let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        Error::invalid(
-            path,
-            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
-        )
-    })?;
-    if text.trim().is_empty() {
-        return Err(Error::invalid(path, "no text to calibrate or evaluate on"));
-    }
+/// Token ids of `text`, without special tokens (the text is a continuous document, not a
+/// prompt). A missing, non-UTF-8, empty or whitespace-only text is an error naming it.
+pub fn encode(tokenizer: &Tokenizer, text: &Text) -> Result<Vec<u32>> {
     let encoding = tokenizer
-        .encode(text, false)
-        .map_err(|e| Error::invalid(path, format!("tokenizer failed: {e}")))?;
+        .encode(text.read()?.as_ref(), false)
+        .map_err(|e| Error::invalid(text.subject(), format!("tokenizer failed: {e}")))?;
     Ok(encoding.get_ids().to_vec())
 }
 
@@ -86,7 +79,10 @@ mod tests {
         let tokenizer = tokenizer(&checkpoint).unwrap();
         let text = dir.path().join("t.txt");
         std::fs::write(&text, "a a a").unwrap();
-        assert_eq!(encode_file(&tokenizer, &text).unwrap(), vec![1, 1, 1]);
+        assert_eq!(
+            encode(&tokenizer, &Text::File(text)).unwrap(),
+            vec![1, 1, 1]
+        );
     }
 
     #[test]

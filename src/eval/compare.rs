@@ -101,7 +101,7 @@ pub fn compare_all(
                 let ids = Tensor::from_slice(seq, (1, seq.len()), &Device::Cpu)
                     .map_err(compute(context))?;
                 let last = |(m, ov): (&crate::model::llama::Llama, Option<&dyn Overrides>)| {
-                    m.run_layers(m.embed(&ids)?, 0..m.num_layers(), ov)
+                    m.run_layers(m.embed(&ids, ov)?, 0..m.num_layers(), ov)
                 };
                 let hr = last(r).map_err(compute(context))?;
                 let hc = cs
@@ -144,7 +144,7 @@ pub fn compare_all(
                 let embed = |(m, ov): (&crate::model::bert::Bert, Option<&dyn Overrides>)|
                  -> candle_core::Result<Vec<f32>> {
                     let mask = ids.ones_like()?;
-                    let x = m.embed_tokens(&ids, &mask)?;
+                    let x = m.embed_tokens(&ids, &mask, ov)?;
                     let h = m.run_layers(x, &additive_mask(&mask)?, 0..m.num_layers(), ov)?;
                     mean_pool_normalize(&h, &mask)?.flatten_all()?.to_vec1()
                 };

@@ -1,12 +1,15 @@
 //! Writes packed checkpoints (`*.qpipe.safetensors`, layout in [`crate::packed`]): every chosen
-//! weight quantized in its format from the float model, the rest copied as stored.
+//! weight quantized in its format from the float model, the rest copied as stored or, where
+//! the target computes in F16, narrowed to F16.
 
 use crate::checkpoint::write::{write_safetensors, LazyTensor};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, FloatType, TensorView};
 use crate::error::{Error, Result, Subject};
 use crate::model::Model;
 use crate::packed::{parts, Entry, Manifest, Provenance, FORMAT_VERSION, METADATA_KEY};
 use crate::quant::{ActivationQuant, Calibrator, Format, QuantizedTensor};
+use crate::search::genome::Rest;
+use safetensors::Dtype;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -27,12 +30,70 @@ pub struct Choice<'a> {
 /// What a write produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct Written {
-    /// Bytes of the file.
+    /// Bytes of the file (header included).
     pub file_bytes: u64,
-    /// Bytes of the quantized weights (codes, scales, zero-points, blocks).
+    /// Bytes of every stored tensor: the quantized weights' codes, scales, zero-points and
+    /// blocks, and the other tensors (the size bits per weight count).
+    pub tensor_bytes: u64,
+    /// Of those, the quantized weights'.
     pub quantized_bytes: u64,
     /// Tensors in the file.
     pub tensors: usize,
+}
+
+/// How the tensors no format is chosen for (norms, biases, ...) are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Others {
+    /// Copied as stored.
+    AsStored,
+    /// Float tensors narrowed to this type where their values fit it (finite in it), the
+    /// rest as stored.
+    Narrowed(FloatType),
+}
+
+impl Others {
+    /// The float type `view` is written in (`None`: its bytes as stored).
+    fn narrowing(self, view: &TensorView<'_>) -> Result<Option<FloatType>> {
+        let (Others::Narrowed(to), Some(from)) = (self, FloatType::from_dtype(view.dtype)) else {
+            return Ok(None);
+        };
+        if to.width() >= from.width() {
+            return Ok(None);
+        }
+        let values = view.to_f32_vec()?;
+        let back = |v: f32| match to {
+            FloatType::F16 => half::f16::from_f32(v).is_finite(),
+            FloatType::BF16 => half::bf16::from_f32(v).is_finite(),
+            FloatType::F32 => true,
+        };
+        Ok(values.iter().all(|&v| back(v)).then_some(to))
+    }
+
+    /// `view` as written: dtype and bytes.
+    fn write(self, view: &TensorView<'_>) -> Result<(Dtype, Vec<u8>)> {
+        Ok(match self.narrowing(view)? {
+            Some(to) => (to.dtype(), to.encode(&view.to_f32_vec()?)),
+            None => (view.dtype, view.bytes.to_vec()),
+        })
+    }
+}
+
+/// Bytes and parameters of `checkpoint`'s tensors outside `quantized`, written as `others`
+/// says: what every genome's size adds to its quantized weights.
+pub fn rest(checkpoint: &Checkpoint, quantized: &[&str], others: Others) -> Result<Rest> {
+    let mut rest = Rest::default();
+    for view in checkpoint.tensors() {
+        if quantized.contains(&view.name) {
+            continue;
+        }
+        let width = match others.narrowing(&view)? {
+            Some(to) => to.width() as u64,
+            None => (view.bytes.len() / view.numel().max(1)) as u64,
+        };
+        rest.bytes += width * view.numel() as u64;
+        rest.parameters += view.numel() as u64;
+    }
+    Ok(rest)
 }
 
 /// Bytes of part `k` (as [`parts`] lists them) of a quantized tensor.
@@ -55,8 +116,8 @@ fn part_bytes(q: &QuantizedTensor, k: usize) -> Result<Vec<u8>> {
 }
 
 /// Writes `checkpoint`'s tensors to `path`, the weights named in `choices` quantized (from
-/// `model`'s float weights) and everything else as stored. Atomic: a temp file renamed at the
-/// end; nothing is left behind on error.
+/// `model`'s float weights) and everything else as `others` says. Atomic: a temp file renamed
+/// at the end; nothing is left behind on error.
 ///
 /// Float tensors are copied straight from the memory map. A quantized weight is computed once
 /// when its first part is written and dropped after its last: safetensors lays data out by
@@ -68,9 +129,13 @@ pub fn write(
     model: &Model,
     choices: &BTreeMap<String, Choice<'_>>,
     provenance: &Provenance,
+    others: Others,
 ) -> Result<Written> {
-    let linears: HashMap<&str, &crate::model::QLinear> =
-        model.linears().into_iter().map(|l| (l.name(), l)).collect();
+    let linears: HashMap<&str, &crate::model::QLinear> = model
+        .quantizable()
+        .into_iter()
+        .map(|l| (l.name(), l))
+        .collect();
     let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
         tensors: BTreeMap::new(),
@@ -80,7 +145,7 @@ pub fn write(
         let linear = linears.get(name.as_str()).ok_or_else(|| {
             Error::invalid(
                 checkpoint.first_file(),
-                format!("'{name}' is not a matmul weight of the model"),
+                format!("'{name}' is not a quantizable weight of the model"),
             )
         })?;
         let view = checkpoint.tensor(name)?;
@@ -107,13 +172,20 @@ pub fn write(
         .map(|e| e.format.storage_bytes(e.shape[0], e.shape[1]) as u64)
         .sum();
     let mut tensors: Vec<(String, LazyTensor<'_>)> = Vec::new();
+    let mut other_bytes = 0u64;
     for view in checkpoint.tensors() {
         let name = view.name;
         let Some(entry) = manifest.tensors.get(name) else {
-            let bytes = view.bytes;
+            let dtype = match others.narrowing(&view)? {
+                Some(to) => to.dtype(),
+                None => view.dtype,
+            };
+            other_bytes += (view.numel() * dtype.bitsize()).div_ceil(8) as u64;
             tensors.push((
                 name.to_string(),
-                LazyTensor::new(view.dtype, view.shape.to_vec(), move || bytes.to_vec()),
+                LazyTensor::try_new(dtype, view.shape.to_vec(), move || {
+                    Ok(others.write(&view)?.1)
+                }),
             ));
             continue;
         };
@@ -156,7 +228,65 @@ pub fn write(
     let file_bytes = std::fs::metadata(path).map_err(Error::io(path))?.len();
     Ok(Written {
         file_bytes,
+        tensor_bytes: quantized_bytes + other_bytes,
         quantized_bytes,
         tensors: count,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::write::LazyTensor;
+
+    /// F16 narrowing keeps a tensor whose values F16 cannot hold as it was, and the bytes `rest`
+    /// counts are the bytes written.
+    #[test]
+    fn narrowing_to_f16_skips_what_f16_cannot_hold_and_rest_counts_what_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let tensors = vec![
+            (
+                "norm".to_string(),
+                LazyTensor::f32(vec![4], || vec![1.0, 0.5, -2.0, 3.25]),
+            ),
+            (
+                "huge".to_string(),
+                LazyTensor::f32(vec![2], || vec![1e6, 1.0]),
+            ),
+            (
+                "w".to_string(),
+                LazyTensor::f32(vec![2, 2], || vec![0.0; 4]),
+            ),
+        ];
+        write_safetensors(&path, &tensors, None).unwrap();
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        let narrowed = rest(&checkpoint, &["w"], Others::Narrowed(FloatType::F16)).unwrap();
+        assert_eq!(
+            narrowed,
+            Rest {
+                bytes: 4 * 2 + 2 * 4,
+                parameters: 6
+            }
+        );
+        let kept = rest(&checkpoint, &["w"], Others::AsStored).unwrap();
+        assert_eq!(
+            kept,
+            Rest {
+                bytes: 6 * 4,
+                parameters: 6
+            }
+        );
+        let norm = checkpoint.tensor("norm").unwrap();
+        let (dtype, bytes) = Others::Narrowed(FloatType::F16).write(&norm).unwrap();
+        assert_eq!(dtype, Dtype::F16);
+        let mut back = [0f32; 4];
+        FloatType::F16.decode(&bytes, &mut back);
+        assert_eq!(back, [1.0, 0.5, -2.0, 3.25]);
+        let huge = checkpoint.tensor("huge").unwrap();
+        assert_eq!(
+            Others::Narrowed(FloatType::F16).write(&huge).unwrap().0,
+            Dtype::F32
+        );
+    }
 }

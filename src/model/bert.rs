@@ -2,13 +2,14 @@
 //!
 //! The forward pass follows candle-transformers' `bert` op for op (same embedding sum order,
 //! fused layer norm, additive `f32::MIN` padding mask), so FP32 results agree with that
-//! reference to rounding; the only difference is that the six matmuls of each layer run through
-//! [`QLinear`], which lets the search swap their weights and calibration observe their inputs.
+//! reference to rounding; the only difference is that the six matmuls of each layer and the
+//! three embedding tables are [`QLinear`]s, which lets the search swap their weights and
+//! calibration observe the matmuls' inputs.
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::model::arch::Family;
-use crate::model::qlinear::{Overrides, QLinear};
+use crate::model::qlinear::{Overrides, QLinear, Usage};
 use crate::model::weights::{self, bad_config, Weights};
 use candle_core::{DType, Tensor, D};
 use serde::Deserialize;
@@ -164,10 +165,10 @@ struct Layer {
 pub struct Bert {
     config: BertConfig,
     activation: Activation,
-    word: Tensor,
-    position: Tensor,
-    /// Row 0 of the token-type table, `[hidden]`: every token is segment 0.
-    token_type0: Tensor,
+    word: QLinear,
+    position: QLinear,
+    /// Every token is segment 0: row 0 of this table is added to every position.
+    token_type: QLinear,
     embed_norm: LayerNorm,
     layers: Vec<Layer>,
     head_dim: usize,
@@ -190,21 +191,13 @@ impl Bert {
         };
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
         let e = format!("{p}embeddings");
-        let word = w.tensor(
-            &format!("{e}.word_embeddings.weight"),
-            &[config.vocab_size, h],
-        )?;
-        let position = w.tensor(
-            &format!("{e}.position_embeddings.weight"),
-            &[config.max_position_embeddings, h],
-        )?;
-        let token_types = w.tensor(
-            &format!("{e}.token_type_embeddings.weight"),
-            &[config.type_vocab_size, h],
-        )?;
-        let token_type0 = token_types
-            .get(0)
-            .map_err(Error::compute(format!("{e}.token_type_embeddings.weight")))?;
+        let table = |name: &str, rows: usize| -> Result<QLinear> {
+            Ok(w.linear(&format!("{e}.{name}"), rows, h)?
+                .with_usage(Usage::Gather))
+        };
+        let word = table("word_embeddings", config.vocab_size)?;
+        let position = table("position_embeddings", config.max_position_embeddings)?;
+        let token_type = table("token_type_embeddings", config.type_vocab_size)?;
         let embed_norm = LayerNorm::load(w, &format!("{e}.LayerNorm"), h, eps)?;
 
         let roles = Family::Bert.matmul_roles();
@@ -236,7 +229,7 @@ impl Bert {
             activation,
             word,
             position,
-            token_type0,
+            token_type,
             embed_norm,
             layers,
         })
@@ -261,6 +254,14 @@ impl Bert {
             .collect()
     }
 
+    /// Every quantizable weight grouped by encoder layer: the embedding tables (word,
+    /// position, token type) first in layer 0.
+    pub fn quantizable_by_layer(&self) -> Vec<Vec<&QLinear>> {
+        let mut out = self.linears_by_layer();
+        out[0].splice(0..0, [&self.word, &self.position, &self.token_type]);
+        out
+    }
+
     /// Last hidden states `(b, t, hidden)` f32 for u32 `input_ids` and `attention_mask` `(b, t)`
     /// (mask 1 = token, 0 = padding); every token is segment 0.
     pub fn forward(
@@ -268,17 +269,19 @@ impl Bert {
         input_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        let x = self.embed_tokens(input_ids, attention_mask)?;
+        let x = self.embed_tokens(input_ids, attention_mask, None)?;
         let mask = additive_mask(attention_mask)?;
         self.run_layers(x, &mask, 0..self.layers.len(), None)
     }
 
     /// The embedding block's output `(b, t, hidden)`: word + token-type + position embeddings,
-    /// LayerNorm'd; checks that `attention_mask` matches and the sequence fits.
+    /// LayerNorm'd; checks that `attention_mask` matches and the sequence fits (`overrides`
+    /// may replace the tables).
     pub fn embed_tokens(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
+        overrides: Option<&dyn Overrides>,
     ) -> candle_core::Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         if attention_mask.dims() != input_ids.dims() {
@@ -295,15 +298,18 @@ impl Bert {
             );
         }
         let h = self.config.hidden_size;
-        let words = self
-            .word
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, t, h))?;
+        let device = input_ids.device();
+        let words = self.word.gather(input_ids, overrides)?;
+        let segment = self
+            .token_type
+            .gather(&Tensor::zeros(1, DType::U32, device)?, overrides)?
+            .reshape(h)?;
+        let positions = self
+            .position
+            .gather(&Tensor::arange(0u32, t as u32, device)?, overrides)?;
+        debug_assert_eq!(words.dims(), [b, t, h]);
         // Same summation order as the reference: (word + token type) + position.
-        let positions = self.position.narrow(0, 0, t)?;
-        let x = words
-            .broadcast_add(&self.token_type0)?
-            .broadcast_add(&positions)?;
+        let x = words.broadcast_add(&segment)?.broadcast_add(&positions)?;
         self.embed_norm.forward(&x)
     }
 

@@ -6,7 +6,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result, Subject};
-use crate::model::qlinear::{Overrides, QLinear};
+use crate::model::qlinear::{Overrides, QLinear, Usage};
 use crate::model::weights::{self, Weights};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -193,10 +193,11 @@ struct Positions {
 /// A Llama-family causal LM with hookable matmul weights.
 pub struct Llama {
     config: LlamaConfig,
-    embed: Tensor,
+    /// The token embedding; with tied embeddings also the LM head.
+    embed: QLinear,
     layers: Vec<Layer>,
     norm: Tensor,
-    /// `None` when the head is tied to the embedding (then it stays float, as the embedding).
+    /// `None` when the head is tied to the embedding.
     lm_head: Option<QLinear>,
     /// Use differentiable (slower) norm, softmax and RoPE ops; candle-nn's fused kernels have
     /// no backward pass. Only training needs this.
@@ -228,7 +229,14 @@ impl Llama {
             config.num_attention_heads * config.head_dim(),
             config.kv_heads() * config.head_dim(),
         );
-        let embed = w.tensor("model.embed_tokens.weight", &[config.vocab_size, hidden])?;
+        let usage = if config.tie_word_embeddings {
+            Usage::GatherAndMatmul
+        } else {
+            Usage::Gather
+        };
+        let embed = w
+            .linear("model.embed_tokens", config.vocab_size, hidden)?
+            .with_usage(usage);
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
@@ -297,20 +305,33 @@ impl Llama {
         out
     }
 
+    /// Every quantizable weight grouped by where its input is quantized: the groups of
+    /// [`Self::linears_by_layer`] with the token embedding first in layer 0 or, tied, as the
+    /// LM head in a last group.
+    pub fn quantizable_by_layer(&self) -> Vec<Vec<&QLinear>> {
+        let mut out = self.linears_by_layer();
+        match self.embed.usage() {
+            Usage::GatherAndMatmul => out.push(vec![&self.embed]),
+            _ => out[0].insert(0, &self.embed),
+        }
+        out
+    }
+
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (u32).
     pub fn forward(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.embed(tokens)?;
+        let h = self.embed(tokens, None)?;
         let h = self.run_layers(h, 0..self.layers.len(), None)?;
         self.logits(&h, None)
     }
 
-    /// Token embeddings `[batch, seq, hidden]`.
-    pub fn embed(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = tokens.dims2()?;
-        let flat = tokens.flatten_all()?;
-        self.embed
-            .index_select(&flat, 0)?
-            .reshape((b, t, self.config.hidden_size))
+    /// Token embeddings `[batch, seq, hidden]` (`overrides` may replace the table).
+    pub fn embed(
+        &self,
+        tokens: &Tensor,
+        overrides: Option<&dyn Overrides>,
+    ) -> candle_core::Result<Tensor> {
+        tokens.dims2()?;
+        self.embed.gather(tokens, overrides)
     }
 
     /// Runs decoder layers `range` on hidden states `[batch, seq, hidden]`, with the layers
@@ -328,24 +349,17 @@ impl Llama {
         Ok(h)
     }
 
-    /// Final norm and LM head: logits `[batch, seq, vocab]` (`overrides` may replace an untied head).
+    /// Final norm and LM head: logits `[batch, seq, vocab]` (`overrides` may replace the head).
     pub fn logits(
         &self,
         h: &Tensor,
         overrides: Option<&dyn Overrides>,
     ) -> candle_core::Result<Tensor> {
         let h = self.rms_norm(h, &self.norm)?;
-        match &self.lm_head {
-            Some(head) => head.forward_with(&h, overrides),
-            None => {
-                let (b, t, d) = h.dims3()?;
-                h.reshape((b * t, d))?.matmul(&self.embed.t()?)?.reshape((
-                    b,
-                    t,
-                    self.config.vocab_size,
-                ))
-            }
-        }
+        self.lm_head
+            .as_ref()
+            .unwrap_or(&self.embed)
+            .forward_with(&h, overrides)
     }
 
     fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {

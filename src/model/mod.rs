@@ -8,7 +8,7 @@ pub mod qlinear;
 pub mod weights;
 
 pub use arch::{Architecture, DetectedFrom, Family, MatmulWeight};
-pub use qlinear::{ActivationObserver, Overrides, QLinear, Recorder, Swap, WeightSource};
+pub use qlinear::{ActivationObserver, Overrides, QLinear, Recorder, Swap, Usage, WeightSource};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -18,7 +18,7 @@ pub enum Model {
     /// Decoder-only causal LM.
     Llama(Box<llama::Llama>),
     /// Encoder producing sentence embeddings.
-    Bert(bert::Bert),
+    Bert(Box<bert::Bert>),
 }
 
 impl Model {
@@ -39,7 +39,9 @@ impl Model {
             Some(Family::Llama) => {
                 llama::Llama::load_with(checkpoint, w).map(|m| Model::Llama(Box::new(m)))
             }
-            Some(Family::Bert) => bert::Bert::load_with(checkpoint, w).map(Model::Bert),
+            Some(Family::Bert) => {
+                bert::Bert::load_with(checkpoint, w).map(|m| Model::Bert(Box::new(m)))
+            }
             None => {
                 let path = weights::config_path(checkpoint);
                 let path = if path.is_file() {
@@ -68,7 +70,36 @@ impl Model {
         }
     }
 
-    /// Every quantizable matmul, in forward order.
+    /// Every quantizable weight (matmuls and embedding tables), grouped by the layer whose
+    /// activation option quantizes its input: what the search gives genes to. Embedding
+    /// tables come first in layer 0, a tied embedding (also the LM head) in a last group.
+    pub fn quantizable_by_layer(&self) -> Vec<Vec<&QLinear>> {
+        match self {
+            Model::Llama(m) => m.quantizable_by_layer(),
+            Model::Bert(m) => m.quantizable_by_layer(),
+        }
+    }
+
+    /// Every quantizable weight, in [`Self::quantizable_by_layer`] order.
+    pub fn quantizable(&self) -> Vec<&QLinear> {
+        self.quantizable_by_layer().into_iter().flatten().collect()
+    }
+
+    /// The embedding rows of `ids` `[batch, seq]` entering the first layer (`overrides` may
+    /// replace the tables); `mask` is the encoder's attention mask.
+    pub fn embed(
+        &self,
+        ids: &candle_core::Tensor,
+        mask: &candle_core::Tensor,
+        overrides: Option<&dyn Overrides>,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            Model::Llama(m) => m.embed(ids, overrides),
+            Model::Bert(m) => m.embed_tokens(ids, mask, overrides),
+        }
+    }
+
+    /// Every quantizable matmul that is not an embedding table, in forward order.
     pub fn linears(&self) -> Vec<&QLinear> {
         match self {
             Model::Llama(m) => m.linears(),

@@ -76,11 +76,36 @@ impl Overrides for Swap<'_> {
     }
 }
 
-/// A linear layer `y = x W^T + b` whose weight can be swapped and whose input can be observed.
+/// How a model uses a quantizable weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Usage {
+    /// Multiplied: `y = x Wᵀ + b`.
+    Matmul,
+    /// An embedding table whose rows are looked up by id (no input to quantize).
+    Gather,
+    /// A tied embedding: looked up at the start and multiplied as the LM head at the end.
+    GatherAndMatmul,
+}
+
+impl Usage {
+    /// Whether rows are looked up (its effect starts at the model's first layer).
+    pub fn gathers(self) -> bool {
+        self != Usage::Matmul
+    }
+
+    /// Whether it is multiplied (has an input, a runtime cost as a matmul).
+    pub fn multiplies(self) -> bool {
+        self != Usage::Gather
+    }
+}
+
+/// A linear layer `y = x W^T + b` (or an embedding table, see [`Usage`]) whose weight can be
+/// swapped and whose input can be observed.
 pub struct QLinear {
     name: String,
-    /// `(out_features, in_features)`.
+    /// `(out_features, in_features)`; for an embedding `(rows, width)`.
     shape: (usize, usize),
+    usage: Usage,
     /// The checkpoint's float weight; `None` for a layer loaded packed.
     float: Option<Tensor>,
     bias: Option<Tensor>,
@@ -96,6 +121,7 @@ impl QLinear {
         QLinear {
             name: name.into(),
             shape: (d[0], d.get(1).copied().unwrap_or(1)),
+            usage: Usage::Matmul,
             active: RwLock::new((WeightSource::Float, Weight::Dense(weight.clone(), F32))),
             float: Some(weight),
             bias,
@@ -135,6 +161,7 @@ impl QLinear {
         };
         Ok(QLinear {
             shape,
+            usage: Usage::Matmul,
             float: None,
             bias,
             active: RwLock::new((WeightSource::Packed(format), weight)),
@@ -142,6 +169,17 @@ impl QLinear {
             observer: RwLock::new(None),
             name,
         })
+    }
+
+    /// The same weight used as `usage` says.
+    pub fn with_usage(mut self, usage: Usage) -> Self {
+        self.usage = usage;
+        self
+    }
+
+    /// How the model uses this weight.
+    pub fn usage(&self) -> Usage {
+        self.usage
     }
 
     /// The checkpoint name of the weight (e.g. `model.layers.0.self_attn.q_proj.weight`).
@@ -338,6 +376,47 @@ impl QLinear {
     }
 }
 
+impl QLinear {
+    /// Rows `ids` (u32, any shape) of the weight as an embedding table: `[..ids, width]` f32,
+    /// from `overrides`' weight where it has one. A packed table dequantizes only those rows.
+    pub fn gather(
+        &self,
+        ids: &Tensor,
+        overrides: Option<&dyn Overrides>,
+    ) -> candle_core::Result<Tensor> {
+        let mut shape = ids.dims().to_vec();
+        shape.push(self.shape.1);
+        let flat = ids.flatten_all()?;
+        let w = match overrides.and_then(|o| o.weight(&self.name)) {
+            Some((w, format)) => Weight::Dense(w.clone(), format),
+            None => self.read_active().1.clone(),
+        };
+        let rows = match w {
+            Weight::Dense(w, _) => w.index_select(&flat, 0)?,
+            Weight::Packed(p) => {
+                let ids: Vec<u32> = flat.to_vec1()?;
+                let width = self.shape.1;
+                let mut out = vec![0f32; ids.len() * width];
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(width)) {
+                    let r = id as usize;
+                    if r >= self.shape.0 {
+                        candle_core::bail!("{}: id {r} outside {} rows", self.name, self.shape.0);
+                    }
+                    match &*p {
+                        PackedWeight::Int(q) => q
+                            .with_kernel_view(|m| m.try_dequantize_row(r, row))
+                            .map_err(candle_core::Error::Msg)?
+                            .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+                        PackedWeight::Gguf(m) => m.dequantize_row(r, row)?,
+                    }
+                }
+                Tensor::from_vec(out, (ids.len(), width), flat.device())?
+            }
+        };
+        rows.reshape(shape)
+    }
+}
+
 /// `x W^T` with `w` holding `t`'s values, the input rounded as llama.cpp's CPU kernels round
 /// it for `t` (see [`gguf::round_input`]): what the packed weight computes, on a dense matmul.
 fn runtime_matmul(
@@ -390,144 +469,4 @@ impl ActivationObserver for Recorder {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    fn layer() -> QLinear {
-        let w = Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &Device::Cpu).unwrap();
-        let b = Tensor::new(&[0.5f32, -1.], &Device::Cpu).unwrap();
-        QLinear::new("l.weight", w, Some(b))
-    }
-
-    #[test]
-    fn computes_x_wt_plus_b_on_any_leading_shape() {
-        let l = layer();
-        let x = Tensor::new(&[[[1f32, 0., -1.], [2., 1., 0.]]], &Device::Cpu).unwrap();
-        let y = l.forward(&x).unwrap();
-        assert_eq!(y.dims(), &[1, 2, 2]);
-        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(v, vec![-1.5, -3., 4.5, 12.]);
-    }
-
-    #[test]
-    fn swapping_the_weight_changes_the_output_and_reset_restores_it() {
-        let l = layer();
-        let x = Tensor::new(&[[1f32, 1., 1.]], &Device::Cpu).unwrap();
-        let before: Vec<f32> = l
-            .forward(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let zeros = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let fmt: Format = "int8-channel-sym".parse().unwrap();
-        l.set_weight(WeightSource::Fake(fmt), zeros).unwrap();
-        assert_eq!(l.source(), WeightSource::Fake(fmt));
-        let swapped: Vec<f32> = l
-            .forward(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(swapped, vec![0.5, -1.]);
-        l.reset();
-        let after: Vec<f32> = l
-            .forward(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(before, after);
-        let bad = Tensor::zeros((3, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(l.set_weight(WeightSource::Float, bad).is_err());
-    }
-
-    /// Every GGUF type: the fake-quantized layer (dequantized weight, input rounded as the
-    /// runtime rounds it) computes what the packed blocks compute, within float rounding,
-    /// and the rounding matters (float input is measurably further off).
-    #[test]
-    fn fake_gguf_layer_matches_the_packed_blocks() {
-        let (rows, cols, tokens) = (36, 512, 20);
-        let val = |i: usize, salt: usize| {
-            let h = (i * 2654435761 + salt * 40503) % 100003;
-            let v = h as f32 / 100003.0 - 0.5;
-            // Heavy-ish tails, as real activations have.
-            if h.is_multiple_of(97) {
-                12.0 * v
-            } else {
-                v
-            }
-        };
-        let w: Vec<f32> = (0..rows * cols).map(|i| 0.05 * val(i, 1)).collect();
-        let x: Vec<f32> = (0..tokens * cols).map(|i| val(i, 2)).collect();
-        let x = Tensor::from_vec(x, (tokens, cols), &Device::Cpu).unwrap();
-        let wt = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
-        let out = |l: &QLinear| -> Vec<f32> {
-            l.forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
-        for t in crate::quant::GgufType::ALL {
-            let format = Format::Gguf(t);
-            let float = QLinear::new("l.weight", wt.clone(), None);
-            let q = float.quantized(format, Calibrator::MinMax, None).unwrap();
-            let packed = QLinear::packed("l.weight", format, (rows, cols), q, None, None).unwrap();
-            float
-                .fake_quantize(format, Calibrator::MinMax, None)
-                .unwrap();
-            let (p, f) = (out(&packed), out(&float));
-            let plain: Vec<f32> = x
-                .matmul(
-                    &float
-                        .fake_weight(format, Calibrator::MinMax, None)
-                        .unwrap()
-                        .t()
-                        .unwrap(),
-                )
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let scale = p.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let diff = |a: &[f32]| {
-                a.iter()
-                    .zip(&p)
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-            };
-            assert!(
-                diff(&f) <= 2e-5 * scale,
-                "{t:?}: fake {} vs packed, output scale {scale}",
-                diff(&f)
-            );
-            assert!(
-                diff(&plain) > 20.0 * diff(&f),
-                "{t:?}: float input {} vs rounded {}",
-                diff(&plain),
-                diff(&f)
-            );
-        }
-    }
-
-    #[test]
-    fn observer_sees_the_flattened_input() {
-        let l = layer();
-        let rec = Arc::new(Recorder::default());
-        l.set_observer(Some(rec.clone()));
-        let x = Tensor::ones((2, 4, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
-        l.forward(&x).unwrap();
-        l.set_observer(None);
-        l.forward(&x).unwrap();
-        let seen = rec.take();
-        assert_eq!(seen.len(), 1);
-        assert_eq!(seen[0].0, "l.weight");
-        assert_eq!(seen[0].1.dims(), &[8, 3]);
-    }
-}
+mod tests;

@@ -2,11 +2,12 @@
 //! -> report, for one hardware target. The decisions are [`super::policy`]'s, the files
 //! [`super::output`]'s; this file runs the stages in order and hands progress to the observer.
 
-use super::output::{CompressReport, HeldOut, OutDir};
+use super::output::{CompressReport, HeldOut, OutDir, Size};
 use super::policy::{self, HELD_OUT_GROUP};
 use super::{default_seq_len, load_tokens, Observer, Stage, Step};
 use crate::calib;
 use crate::checkpoint::Checkpoint;
+use crate::data::{Builtin, Text};
 use crate::error::{Error, Result};
 use crate::eval::{compare_all, Variant};
 use crate::export::{self, packed::Choice};
@@ -51,9 +52,10 @@ pub struct CompressRequest {
 /// Limits on the selected genome; `None` is no limit.
 #[derive(Debug, Clone, Default)]
 pub struct Limits {
-    /// Bits per weight of the matmul weights (scales and zero-points included).
+    /// Bits per weight of the whole model: every stored tensor's bytes (codes, scales,
+    /// zero-points, embeddings, norms) x 8 / all parameters.
     pub max_bpw: Option<f64>,
-    /// The matmul weights' size, in MB (10^6 bytes).
+    /// Bytes of every stored tensor of the model, in MB (10^6 bytes).
     pub max_size_mb: Option<f64>,
     /// Estimated latency (decode step for LMs, one sequence for encoders), ms.
     pub max_latency_ms: Option<f64>,
@@ -67,9 +69,9 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct TextPlan {
     /// Calibration text.
-    pub calibration: PathBuf,
+    pub calibration: Text,
     /// Held-out evaluation text (disjoint from the calibration text).
-    pub evaluation: PathBuf,
+    pub evaluation: Text,
     /// Calibration tokens the search measures genomes on (as many again choose among the best).
     pub tokens: usize,
     /// Held-out tokens the result is evaluated on.
@@ -85,8 +87,8 @@ pub struct TextPlan {
 impl Default for TextPlan {
     fn default() -> Self {
         TextPlan {
-            calibration: "calibration-data/sotu-calibration.txt".into(),
-            evaluation: "calibration-data/sotu-eval.txt".into(),
+            calibration: Text::Builtin(Builtin::SotuCalibration),
+            evaluation: Text::Builtin(Builtin::SotuEval),
             tokens: 1024,
             eval_tokens: 1024,
             seq_len: None,
@@ -173,17 +175,23 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
     let space = Space::new(
         &model,
         &formats,
-        |_, _, _| true,
+        policy::usable_as,
         plan.calibrators.clone(),
         activations.clone(),
     )?
     .with_activation_rule(|f, b| target.legality(&f, b).is_ok());
+    // Every genome also pays for the tensors outside it, as the export will write them.
+    let others = policy::others(&target);
+    let names: Vec<&str> = space.slots.iter().map(|s| s.name.as_str()).collect();
+    let rest = export::packed::rest(&checkpoint, &names, others)?;
+    let space = space.with_rest(rest);
+    let tables = space.slots.iter().filter(|s| s.usage.gathers()).count();
     observer.note(&format!(
-        "{} on {} ({}): {} matmul weights, formats {}, activations {}",
+        "{} on {} ({}): {} matmul weights and {tables} embedding tables, formats {}, activations {}",
         request.model.display(),
         target.name,
         target.device,
-        space.slots.len(),
+        space.slots.len() - tables,
         join(&formats),
         activations
             .iter()
@@ -200,7 +208,12 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         .copied()
         .take((text.sensitivity_tokens / seq_len).max(1))
         .collect();
-    let [rows, cols] = space.slots[0].shape;
+    let [rows, cols] = space
+        .slots
+        .iter()
+        .find(|s| !s.usage.gathers())
+        .unwrap_or(&space.slots[0])
+        .shape;
     let (measured, estimated) = policy::sensitivity_split(&formats, rows, cols);
     let options = Options {
         formats: measured,
@@ -247,7 +260,8 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
     };
     // Room for every tensor's fake-quantized weight in every format (re-quantizing an evicted
     // weight with the mse calibrator costs more than a forward pass), within 3 GiB.
-    let cache = (space.parameters() as usize * 4 * formats.len()).clamp(1 << 28, 3 << 30);
+    let cache =
+        (space.quantizable_parameters() as usize * 4 * formats.len()).clamp(1 << 28, 3 << 30);
     let evaluator = Evaluator::new(&model, &space, &baseline, &stats, cache, PREFIX_CACHE)?;
     stage(Stage::Search);
     let search_start = Instant::now();
@@ -311,7 +325,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
     stage(Stage::Export);
     let provenance = Provenance {
         input_sha256: sha256_files(checkpoint.files())?,
-        calibration_sha256: sha256_files([text.calibration.as_path()])?,
+        calibration_sha256: text.calibration.sha256()?,
         seed: plan.seed,
         qpipe_version: env!("CARGO_PKG_VERSION").to_string(),
         command: request.command.clone(),
@@ -334,7 +348,14 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         })
         .collect();
     let packed_path = out.packed();
-    let written = export::packed::write(&packed_path, &checkpoint, &model, &choices, &provenance)?;
+    let written = export::packed::write(
+        &packed_path,
+        &checkpoint,
+        &model,
+        &choices,
+        &provenance,
+        others,
+    )?;
     out.copy_side_files(&checkpoint)?;
     let gguf = if policy::writes_gguf(&target) {
         Some(export::gguf::write(&checkpoint, &choices, &out.gguf())?)
@@ -351,6 +372,8 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         target: target.name.clone(),
         device: target.device.clone(),
         metric: baseline.metric().label().to_string(),
+        calibration_text: text.calibration.to_string(),
+        evaluation_text: text.evaluation.to_string(),
         constraints,
         settings,
         formats: formats.iter().map(|f| f.to_string()).collect(),
@@ -364,6 +387,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         front: outcome.front.clone(),
         requests: outcome.requests,
         cache_hits: outcome.cache_hits,
+        size: Size::new(&written, space.parameters(), input_bytes(&checkpoint)?),
         written,
         gguf,
         provenance,
@@ -510,6 +534,14 @@ fn unmet(outcome: &Outcome, c: &Constraints, out: &Path) -> Error {
             super::summary::describe(c)
         ),
     )
+}
+
+/// Bytes of the checkpoint's files.
+fn input_bytes(checkpoint: &Checkpoint) -> Result<u64> {
+    checkpoint
+        .files()
+        .map(|f| Ok(std::fs::metadata(f).map_err(Error::io(f))?.len()))
+        .sum()
 }
 
 fn join(formats: &[Format]) -> String {

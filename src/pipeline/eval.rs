@@ -4,6 +4,7 @@
 
 use super::{default_seq_len, load_tokens, Observer};
 use crate::checkpoint::Checkpoint;
+use crate::data::Text;
 use crate::error::{Error, Result, Subject};
 use crate::eval::{compare, Comparison, Variant};
 use crate::model::Model;
@@ -20,7 +21,7 @@ pub struct EvalRequest {
     /// The float model it was made from.
     pub reference: PathBuf,
     /// Evaluation text (keep it disjoint from the calibration text).
-    pub data: PathBuf,
+    pub data: Text,
     /// Evaluation tokens (whole sequences of `seq_len`).
     pub tokens: usize,
     /// Tokens per sequence (`None`: 256 for causal LMs, 64 for encoders).

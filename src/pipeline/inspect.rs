@@ -5,6 +5,7 @@ use crate::checkpoint::stats::{self, TensorStats, OUTLIER_STD};
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::model::arch::{self, Architecture, MatmulWeight};
+use crate::packed::{Manifest, Provenance, METADATA_KEY};
 use crate::report::{human_bytes, human_count, shape, Table};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -57,9 +58,98 @@ pub struct Report {
     pub matmul_weights: Vec<MatmulWeight>,
     /// Parameters in those weights.
     pub matmul_parameters: u64,
+    /// For a packed checkpoint: its formats, whole-model size and provenance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packed: Option<PackedReport>,
     /// Per-tensor statistics (with `--stats`), float tensors only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Vec<TensorStats>>,
+}
+
+/// What a packed checkpoint (`model.qpipe.safetensors`) holds, from its manifest.
+#[derive(Debug, Serialize)]
+pub struct PackedReport {
+    /// Parameters of the model (a quantized weight counts its original elements).
+    pub parameters: u64,
+    /// Bytes of every stored tensor (codes, scales, zero-points, float tensors).
+    pub tensor_bytes: u64,
+    /// `tensor_bytes` x 8 / `parameters`: the whole model's bits per weight.
+    pub bits_per_weight: f64,
+    /// Per format: how many tensors, parameters and bytes; the tensors stored as they are
+    /// under their dtype (`F16`, `F32`, ...).
+    pub formats: BTreeMap<String, Share>,
+    /// Every quantized tensor.
+    pub quantized: Vec<PackedTensor>,
+    /// Where it came from.
+    pub provenance: Provenance,
+}
+
+/// A part of a packed model.
+#[derive(Debug, Default, Serialize)]
+pub struct Share {
+    /// Tensors.
+    pub tensors: usize,
+    /// Their parameters.
+    pub parameters: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+}
+
+/// One quantized tensor of a packed checkpoint.
+#[derive(Debug, Serialize)]
+pub struct PackedTensor {
+    /// Checkpoint name of the original weight.
+    pub name: String,
+    /// Its storage format.
+    pub format: String,
+    /// `[rows, cols]`.
+    pub shape: [usize; 2],
+    /// Stored bytes (codes, scales, zero-points).
+    pub bytes: u64,
+    /// Bits of input activations, when quantized.
+    pub input_bits: Option<u32>,
+}
+
+/// The packed side of `checkpoint`, whose manifest is `manifest`.
+fn packed_report(checkpoint: &Checkpoint, manifest: Manifest) -> PackedReport {
+    let mut formats: BTreeMap<String, Share> = BTreeMap::new();
+    let mut quantized = Vec::new();
+    for (name, e) in &manifest.tensors {
+        let [rows, cols] = e.shape;
+        let bytes = e.format.storage_bytes(rows, cols) as u64;
+        let share = formats.entry(e.format.to_string()).or_default();
+        share.tensors += 1;
+        share.parameters += (rows * cols) as u64;
+        share.bytes += bytes;
+        quantized.push(PackedTensor {
+            name: name.clone(),
+            format: e.format.to_string(),
+            shape: e.shape,
+            bytes,
+            input_bits: e.input_quant.map(|q| q.bits),
+        });
+    }
+    let parts: std::collections::HashSet<String> = manifest
+        .tensors
+        .iter()
+        .flat_map(|(name, e)| crate::packed::parts(name, e).into_iter().map(|p| p.0))
+        .collect();
+    for view in checkpoint.tensors().filter(|v| !parts.contains(v.name)) {
+        let share = formats.entry(format!("{:?}", view.dtype)).or_default();
+        share.tensors += 1;
+        share.parameters += view.numel() as u64;
+        share.bytes += view.bytes.len() as u64;
+    }
+    let parameters = formats.values().map(|s| s.parameters).sum();
+    let tensor_bytes = formats.values().map(|s| s.bytes).sum();
+    PackedReport {
+        parameters,
+        tensor_bytes,
+        bits_per_weight: tensor_bytes as f64 * 8.0 / (parameters as f64).max(1.0),
+        formats,
+        quantized,
+        provenance: manifest.provenance,
+    }
 }
 
 /// Builds the report from the header; reads tensor data only for [`Stats::Compute`].
@@ -68,6 +158,10 @@ pub fn report(
     statistics: Stats,
     observer: &dyn Observer,
 ) -> Result<Report> {
+    let packed = match checkpoint.metadata(METADATA_KEY) {
+        Some(_) => Some(packed_report(checkpoint, Manifest::read(checkpoint)?)),
+        None => None,
+    };
     let architecture = arch::detect(checkpoint);
     let matmul_weights = arch::matmul_weights(checkpoint, architecture.family);
     let matmul_parameters = matmul_weights
@@ -117,6 +211,7 @@ pub fn report(
         bytes_by_dtype,
         matmul_weights,
         matmul_parameters,
+        packed,
         stats,
     })
 }
@@ -173,35 +268,10 @@ pub fn render(r: &Report) -> String {
         by_dtype.join(", ")
     );
 
-    // Groups in the order `matmul_weights` sorted them: layers, then weights outside the stack.
-    let mut layers: Vec<Option<usize>> = r.matmul_weights.iter().map(|w| w.layer).collect();
-    layers.dedup();
-    s += &format!(
-        "\nmatmul weights quantization acts on: {} tensors in {} groups, {} parameters ({:.1}% of the model){}\n",
-        r.matmul_weights.len(),
-        layers.len(),
-        human_count(r.matmul_parameters),
-        100.0 * r.matmul_parameters as f64 / r.parameters.max(1) as f64,
-        if a.family.is_none() { " [heuristic: unknown architecture]" } else { "" }
-    );
-    let mut roles: Vec<&str> = Vec::new();
-    for w in &r.matmul_weights {
-        if !roles.contains(&w.role.as_str()) {
-            roles.push(&w.role);
-        }
+    match &r.packed {
+        Some(p) => s += &render_packed(p),
+        None => s += &render_matmuls(r),
     }
-    let mut table = Table::new(std::iter::once("layer").chain(roles.iter().copied()));
-    for layer in &layers {
-        let label = layer.map_or("head".to_string(), |l| l.to_string());
-        let cells = roles.iter().map(|role| {
-            r.matmul_weights
-                .iter()
-                .find(|w| w.layer == *layer && w.role == *role)
-                .map_or("-".to_string(), |w| shape(&w.shape))
-        });
-        table.row(std::iter::once(label).chain(cells));
-    }
-    s += &table.render(2);
 
     if let Some(stats) = &r.stats {
         s += &format!(
@@ -249,5 +319,96 @@ pub fn render(r: &Report) -> String {
             );
         }
     }
+    s
+}
+
+/// The matmul weights quantization will act on, as a layer x role table.
+fn render_matmuls(r: &Report) -> String {
+    let mut s = String::new();
+    let a = &r.architecture;
+    // Groups in the order `matmul_weights` sorted them: layers, then weights outside the stack.
+    let mut layers: Vec<Option<usize>> = r.matmul_weights.iter().map(|w| w.layer).collect();
+    layers.dedup();
+    s += &format!(
+        "\nmatmul weights quantization acts on: {} tensors in {} groups, {} parameters ({:.1}% of the model){}\n",
+        r.matmul_weights.len(),
+        layers.len(),
+        human_count(r.matmul_parameters),
+        100.0 * r.matmul_parameters as f64 / r.parameters.max(1) as f64,
+        if a.family.is_none() { " [heuristic: unknown architecture]" } else { "" }
+    );
+    let mut roles: Vec<&str> = Vec::new();
+    for w in &r.matmul_weights {
+        if !roles.contains(&w.role.as_str()) {
+            roles.push(&w.role);
+        }
+    }
+    let mut table = Table::new(std::iter::once("layer").chain(roles.iter().copied()));
+    for layer in &layers {
+        let label = layer.map_or("head".to_string(), |l| l.to_string());
+        let cells = roles.iter().map(|role| {
+            r.matmul_weights
+                .iter()
+                .find(|w| w.layer == *layer && w.role == *role)
+                .map_or("-".to_string(), |w| shape(&w.shape))
+        });
+        table.row(std::iter::once(label).chain(cells));
+    }
+    s += &table.render(2);
+    s
+}
+
+/// A packed checkpoint's size, format mix, quantized tensors and provenance.
+fn render_packed(p: &PackedReport) -> String {
+    let mut s = format!(
+        "\npacked model: {} parameters in {} of tensors, {:.3} bits per weight (whole model)\n",
+        human_count(p.parameters),
+        human_bytes(p.tensor_bytes),
+        p.bits_per_weight
+    );
+    let mut mix = Table::new(["format", "tensors", "parameters", "bytes", "share of bytes"]);
+    for (format, share) in &p.formats {
+        mix.row([
+            format.clone(),
+            share.tensors.to_string(),
+            human_count(share.parameters),
+            human_bytes(share.bytes),
+            format!(
+                "{:.1}%",
+                100.0 * share.bytes as f64 / p.tensor_bytes.max(1) as f64
+            ),
+        ]);
+    }
+    s += &mix.render(2);
+    let mut t = Table::new([
+        "quantized tensor",
+        "format",
+        "shape",
+        "bytes",
+        "bpw",
+        "input",
+    ]);
+    for q in &p.quantized {
+        let [rows, cols] = q.shape;
+        t.row([
+            q.name.clone(),
+            q.format.clone(),
+            shape(&q.shape),
+            human_bytes(q.bytes),
+            format!("{:.3}", q.bytes as f64 * 8.0 / (rows * cols).max(1) as f64),
+            q.input_bits.map_or("float".into(), |b| format!("a{b}")),
+        ]);
+    }
+    s += "\n";
+    s += &t.render(2);
+    let v = &p.provenance;
+    s += &format!(
+        "\nprovenance: qpipe {}, seed {}, input sha256 {}, calibration text sha256 {}\n  command: {}\n",
+        v.qpipe_version,
+        v.seed,
+        v.input_sha256,
+        v.calibration_sha256,
+        v.command.join(" ")
+    );
     s
 }

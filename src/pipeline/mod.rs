@@ -15,11 +15,11 @@ pub mod targets;
 pub use compress::{compress, CompressRequest, Limits, SearchPlan, Start, TextPlan};
 pub use output::CompressReport;
 
+use crate::data::Text;
 use crate::error::{Error, Result, Subject};
 use crate::model::Model;
 use crate::{calib, sensitivity};
 use std::fmt;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -117,11 +117,11 @@ pub fn default_seq_len(model: &Model) -> usize {
     }
 }
 
-/// The tokens of text file `path`, cut to whole sequences of `seq_len` within `tokens`; an
-/// error when not even one sequence fits, a note when fewer than `tokens` do.
+/// The tokens of `text`, cut to whole sequences of `seq_len` within `tokens`; an error when
+/// not even one sequence fits, a note when fewer than `tokens` do.
 pub fn load_tokens(
     tokenizer: &tokenizers::Tokenizer,
-    path: &Path,
+    text: &Text,
     tokens: usize,
     seq_len: usize,
     observer: &dyn Observer,
@@ -134,18 +134,17 @@ pub fn load_tokens(
             ),
         ));
     }
-    let mut ids = crate::data::encode_file(tokenizer, path)?;
+    let mut ids = crate::data::encode(tokenizer, text)?;
     let used = (ids.len().min(tokens) / seq_len) * seq_len;
     if used == 0 {
         return Err(Error::invalid(
-            path,
+            text.subject(),
             format!("{} tokens, fewer than one sequence of {seq_len}", ids.len()),
         ));
     }
     if used < tokens {
         observer.note(&format!(
-            "note: using {used} tokens of {} ({} in all, in whole sequences of {seq_len})",
-            path.display(),
+            "note: using {used} tokens of {text} ({} in all, in whole sequences of {seq_len})",
             ids.len()
         ));
     }

@@ -22,14 +22,46 @@ use std::path::{Path, PathBuf};
 pub struct HeldOut {
     /// Where it came from.
     pub origin: String,
-    /// Bits per weight of the matmul weights.
+    /// Bits per weight of the whole model (every stored tensor's bytes x 8 / parameters).
     pub bits_per_weight: f64,
-    /// Bytes of the matmul weights.
+    /// Bytes of every stored tensor of the model.
     pub bytes: u64,
     /// Loss on the calibration tokens (what the search saw).
     pub calibration_loss: f64,
     /// Held-out metrics (fake-quantized forward passes).
     pub held_out: Comparison,
+}
+
+/// The shipped file's size, and the input's: what a user compares first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Size {
+    /// Parameters of the model (the elements of every tensor).
+    pub parameters: u64,
+    /// Bytes of every stored tensor: codes, scales, zero-points, float tensors (not the
+    /// file's header).
+    pub tensor_bytes: u64,
+    /// `tensor_bytes` x 8 / `parameters`.
+    pub bits_per_weight: f64,
+    /// Bytes of `model.qpipe.safetensors`.
+    pub file_bytes: u64,
+    /// Bytes of the input checkpoint's files.
+    pub input_bytes: u64,
+    /// `input_bytes` / `file_bytes`.
+    pub compression: f64,
+}
+
+impl Size {
+    /// The size of `written`, a model of `parameters`, made from files of `input_bytes`.
+    pub fn new(written: &Written, parameters: u64, input_bytes: u64) -> Size {
+        Size {
+            parameters,
+            tensor_bytes: written.tensor_bytes,
+            bits_per_weight: written.tensor_bytes as f64 * 8.0 / parameters.max(1) as f64,
+            file_bytes: written.file_bytes,
+            input_bytes,
+            compression: input_bytes as f64 / written.file_bytes.max(1) as f64,
+        }
+    }
 }
 
 /// `qpipe.json`: what was chosen, why, and how good it measured.
@@ -41,6 +73,10 @@ pub struct CompressReport {
     pub device: String,
     /// Metric of every loss (`mean KL` or `1 - cos`).
     pub metric: String,
+    /// The calibration text (a file, or `NAME (built in)`).
+    pub calibration_text: String,
+    /// The held-out evaluation text.
+    pub evaluation_text: String,
     /// Constraints the selection met.
     pub constraints: Constraints,
     /// Search settings.
@@ -69,6 +105,8 @@ pub struct CompressReport {
     pub cache_hits: u64,
     /// The packed file.
     pub written: Written,
+    /// Its size, whole model, against the input's.
+    pub size: Size,
     /// The GGUF file (`--target llama-cpp`).
     pub gguf: Option<crate::gguf::writer::Written>,
     /// Where it all came from.

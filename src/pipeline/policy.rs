@@ -5,9 +5,10 @@
 
 use crate::error::Result;
 use crate::eval::{compare_all, Comparison, Variant};
+use crate::export::packed::Others;
 use crate::hardware::profile::Backend;
 use crate::hardware::Target;
-use crate::model::Model;
+use crate::model::{Model, Usage};
 use crate::quant::{Activation, Format};
 use crate::search::fitness::Evaluator;
 use crate::search::{Constraints, Origin, Outcome, Point};
@@ -130,6 +131,25 @@ pub fn sensitivity_split(
         .filter(|f| !measured.contains(f))
         .collect();
     (measured, estimated)
+}
+
+/// Whether a weight used as `usage` may take `format`: an embedding table (tied or not) is
+/// stored in 4 to 8 bit integers, a GGUF type (llama.cpp looks rows up in any) or a float; its
+/// rows are the model's only view of a token, so 2 and 3 bits are not offered.
+pub fn usable_as(format: Format, usage: Usage) -> bool {
+    match format {
+        Format::Int(f) if usage.gathers() => f.bits >= 4,
+        _ => true,
+    }
+}
+
+/// How a run for `target` writes the tensors no format is chosen for: F16 where the target
+/// computes them in F16 (its profile says so, with a source), else as stored.
+pub fn others(target: &Target) -> Others {
+    match &target.other_tensors {
+        Some(o) => Others::Narrowed(o.dtype),
+        None => Others::AsStored,
+    }
 }
 
 /// Whether a run for `target` also writes `model.gguf`: the llama.cpp target, whose matmuls are

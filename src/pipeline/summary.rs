@@ -38,10 +38,12 @@ pub fn summary(r: &CompressReport) -> String {
         }
     };
     let mut s = format!(
-        "target {} ({}); limits: {}\n\n",
+        "target {} ({}); limits: {}\ncalibrated on {}; held-out text {}\n\n",
         r.target,
         r.device,
-        describe(&r.constraints)
+        describe(&r.constraints),
+        r.calibration_text,
+        r.evaluation_text
     );
     let mut t = Table::new(vec![
         "genome".into(),
@@ -109,7 +111,7 @@ pub fn summary(r: &CompressReport) -> String {
                 m
             });
     s += &format!(
-        "\nselected: {} — {:.3} bpw, {} of matmul weights ({} tensors: {}; layer activations: {})\n",
+        "\nselected: {} — {:.3} bpw, {} of tensors ({} quantized: {}; layer activations: {})\n",
         r.origin,
         r.selected.bits_per_weight,
         human_bytes(r.selected.bytes),
@@ -125,9 +127,11 @@ pub fn summary(r: &CompressReport) -> String {
             .join(", ")
     );
     s += &format!(
-        "packed checkpoint: {} ({}); held-out {} on the packed weights: {}\n",
-        "model.qpipe.safetensors",
-        human_bytes(r.written.file_bytes),
+        "packed checkpoint: model.qpipe.safetensors, {:.2} MB ({:.1}x smaller than the input's \
+         {:.2} MB); held-out {} on the packed weights: {}\n",
+        r.size.file_bytes as f64 / 1e6,
+        r.size.compression,
+        r.size.input_bytes as f64 / 1e6,
         r.metric,
         metric_of(&r.packed)
     );

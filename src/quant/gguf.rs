@@ -143,6 +143,19 @@ macro_rules! blocks {
                     $(Blocks::$t(b) => k_quants::matmul(mkn, x, b, y)),*
                 }
             }
+
+            fn len(&self) -> usize {
+                match self {
+                    $(Blocks::$t(b) => b.len()),*
+                }
+            }
+
+            /// Dequantizes blocks `range` into `out` (their values, in order).
+            fn to_float(&self, range: std::ops::Range<usize>, out: &mut [f32]) {
+                match self {
+                    $(Blocks::$t(b) => k_quants::$b::to_float(&b[range], out)),*
+                }
+            }
         }
     };
 }
@@ -198,6 +211,20 @@ impl GgufMatrix {
             blocks: Blocks::new(t, &bytes)?,
             shape: (rows, cols),
         })
+    }
+
+    /// Row `r` dequantized into `out` (`cols` values): an embedding lookup.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> candle_core::Result<()> {
+        let (rows, cols) = self.shape;
+        if r >= rows || out.len() != cols {
+            candle_core::bail!(
+                "row {r} of a {rows}x{cols} matrix into {} values",
+                out.len()
+            );
+        }
+        let per_row = self.blocks.len() / rows;
+        self.blocks.to_float(r * per_row..(r + 1) * per_row, out);
+        Ok(())
     }
 
     /// `x Wᵀ` for `x` `[tokens, cols]`.

@@ -38,6 +38,9 @@ impl Metric {
 pub struct Baseline {
     /// `hidden[l]` enters layer `l`; `hidden[layers]` leaves the last one.
     hidden: Vec<Tensor>,
+    /// The token ids and the (all-ones) attention mask, to embed again with a variant's tables.
+    ids: Tensor,
+    mask: Tensor,
     reference: Reference,
 }
 
@@ -60,17 +63,16 @@ impl Baseline {
     /// Runs the float `model` on `ids` `[sequences, seq]` (u32), keeping the top `top_k`
     /// log-probabilities per position for a causal LM.
     pub fn run(model: &Model, ids: &Tensor, top_k: usize) -> candle_core::Result<Baseline> {
-        let (reference, first) = match model {
-            Model::Llama(m) => (None, m.embed(ids)?),
-            Model::Bert(m) => {
-                let mask = ids.ones_like()?;
-                let additive = additive_mask(&mask)?;
-                let first = m.embed_tokens(ids, &mask)?;
-                (Some((mask, additive)), first)
-            }
+        let mask = ids.ones_like()?;
+        let first = model.embed(ids, &mask, None)?;
+        let reference = match model {
+            Model::Llama(_) => None,
+            Model::Bert(_) => Some((mask.clone(), additive_mask(&mask)?)),
         };
         let mut baseline = Baseline {
             hidden: vec![first],
+            ids: ids.clone(),
+            mask,
             reference: match reference {
                 None => Reference::Logits(TopK::new(top_k)),
                 Some((mask, additive)) => Reference::Embeddings {
@@ -108,6 +110,21 @@ impl Baseline {
     /// The float hidden states entering layer `layer` (`layers` for the output of the last).
     pub fn hidden(&self, layer: usize) -> &Tensor {
         &self.hidden[layer.min(self.hidden.len() - 1)]
+    }
+
+    /// The hidden states a variant that equals the float model before layer `layer` has
+    /// entering it: the float ones, except at layer 0, where the embedding tables `overrides`
+    /// replaces are looked up again.
+    pub fn entering(
+        &self,
+        model: &Model,
+        layer: usize,
+        overrides: Option<&dyn Overrides>,
+    ) -> candle_core::Result<Tensor> {
+        match overrides {
+            Some(o) if layer == 0 => model.embed(&self.ids, &self.mask, Some(o)),
+            _ => Ok(self.hidden(layer).clone()),
+        }
     }
 
     /// Runs layers `range` of `model` on hidden states `h` with `overrides`.
@@ -166,7 +183,8 @@ impl Baseline {
     ) -> candle_core::Result<f64> {
         let n = layers(model);
         let start = start.min(n);
-        let h = self.advance(model, self.hidden[start].clone(), start..n, overrides)?;
+        let h = self.entering(model, start, overrides)?;
+        let h = self.advance(model, h, start..n, overrides)?;
         self.loss(model, &h, overrides)
     }
 }

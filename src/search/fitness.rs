@@ -134,6 +134,12 @@ impl<'a> Evaluator<'a> {
         let mut importance = Vec::with_capacity(space.slots.len());
         let mut activation = Vec::with_capacity(space.slots.len());
         for slot in &space.slots {
+            if !slot.usage.multiplies() {
+                // A table only looked up has no input: every column weighs the same.
+                importance.push(vec![1.0; slot.shape[1]]);
+                activation.push(HashMap::new());
+                continue;
+            }
             let s = stats
                 .linear(&slot.name)
                 .ok_or_else(|| missing(&slot.name))?;
@@ -243,7 +249,10 @@ impl<'a> Evaluator<'a> {
             .unwrap_or(n)
             .min(n);
         let mut start = first;
-        let mut h = self.baseline.hidden(first).clone();
+        let mut h = self
+            .baseline
+            .entering(self.model, first, Some(&overrides))
+            .map_err(Error::compute(context()))?;
         {
             let cache = lock(&self.prefixes);
             for l in (first + 1..=n).rev().filter(|l| l % PREFIX_STRIDE == 0) {
@@ -297,7 +306,7 @@ impl<'a> Evaluator<'a> {
         let slot = &self.space.slots[i];
         let linear = self
             .model
-            .linears()
+            .quantizable()
             .into_iter()
             .find(|l| l.name() == slot.name)
             .ok_or_else(|| {

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result, Subject};
 use crate::hardware::{Assignment, MatmulShape};
-use crate::model::Model;
+use crate::model::{Model, Usage};
 use crate::quant::{activation, Activation, Calibrator, Format};
 use serde::{Deserialize, Serialize};
 
@@ -49,12 +49,13 @@ impl Genome {
     }
 
     /// Stable hash of what decides the hidden states entering layer `layer`: the genes of the
-    /// tensors in earlier layers (`layer_of[i]` is tensor i's layer) and their activations.
+    /// tensors that act before it (`layer_of[i]` is the first layer tensor i changes, see
+    /// [`Slot::enters`]) and the activations of earlier layers.
     pub fn prefix_key(&self, layer_of: &[usize], layer: usize) -> u64 {
         let mut h = FNV_OFFSET;
         for (i, g) in self.genes.iter().enumerate() {
             if layer_of.get(i).is_some_and(|&l| l >= layer) {
-                break;
+                continue;
             }
             h = fnv(format!("{}/{};", g.format, g.calibrator).into_bytes(), h);
         }
@@ -67,20 +68,38 @@ impl Genome {
 }
 
 /// One quantizable tensor and the formats it may take.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Slot {
     /// Checkpoint name of the weight.
     pub name: String,
-    /// Layer it sits in (an untied LM head: the layer after the last).
+    /// The layer whose activation option quantizes its input (an LM head: the layer after
+    /// the last; an embedding table, which has no input: 0).
     pub layer: usize,
     /// `[rows, cols]`.
     pub shape: [usize; 2],
+    /// Multiplied, looked up, or both.
+    pub usage: Usage,
     /// Legal formats, fewest bytes first.
-    #[serde(skip)]
     pub formats: Vec<Format>,
 }
 
 impl Slot {
+    /// The first layer whose input this tensor changes: 0 for an embedding table (a tied one
+    /// too, though its head runs last), else its layer.
+    pub fn enters(&self) -> usize {
+        if self.usage.gathers() {
+            0
+        } else {
+            self.layer
+        }
+    }
+
+    /// Whether `format` may run with `activation` inputs here: an embedding looked up only has
+    /// no input, so any activation option of its layer goes with any of its formats.
+    pub fn pair_legal(&self, space: &Space, format: Format, activation: Activation) -> bool {
+        !self.usage.multiplies() || space.pair_legal(format, activation)
+    }
+
     /// Exact storage bytes of this tensor in `format`.
     pub fn bytes(&self, format: Format) -> u64 {
         format.storage_bytes(self.shape[0], self.shape[1]) as u64
@@ -101,6 +120,17 @@ pub struct Space {
     /// Per format, the activation options (in `activations` order) it may run with; a format
     /// absent here runs with every option.
     pub activation_rule: std::collections::HashMap<Format, Vec<Activation>>,
+    /// The model's other stored tensors (norms, biases, ...), whose bytes every genome pays.
+    pub rest: Rest,
+}
+
+/// What the tensors outside the genome add to every genome's size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rest {
+    /// Bytes they are stored in.
+    pub bytes: u64,
+    /// Their parameters.
+    pub parameters: u64,
 }
 
 /// A genome with tensor names, for files people read and for reloading against a model.
@@ -124,11 +154,13 @@ pub struct NamedGene {
 }
 
 impl Space {
-    /// `g`'s format and activations per matmul, as the hardware cost model prices them.
+    /// `g`'s format and activations per matmul (embedding lookups are not matmuls; a tied
+    /// embedding's head is), as the hardware cost model prices them.
     pub fn assignment(&self, g: &Genome) -> Vec<Assignment> {
         self.slots
             .iter()
             .zip(&g.genes)
+            .filter(|(s, _)| s.usage.multiplies())
             .map(|(s, gene)| Assignment {
                 shape: MatmulShape {
                     name: s.name.clone(),
@@ -145,24 +177,26 @@ impl Space {
             .collect()
     }
 
-    /// The space of `model`'s quantizable tensors with, per tensor, the formats among
-    /// `formats` that `legal(format, rows, cols)` accepts; an error names a tensor none fits.
+    /// The space of `model`'s quantizable tensors (matmuls and embedding tables) with, per
+    /// tensor, the formats among `formats` that `legal(format, rows, cols)` accepts; an error
+    /// names a tensor none fits. `legal(format, usage)` may keep formats from some uses (an
+    /// embedding table, say). The other tensors count nothing until [`Space::with_rest`].
     pub fn new(
         model: &Model,
         formats: &[Format],
-        legal: impl Fn(Format, usize, usize) -> bool,
+        legal: impl Fn(Format, Usage) -> bool,
         calibrators: Vec<Calibrator>,
         activations: Vec<Activation>,
     ) -> Result<Space> {
         let mut slots = Vec::new();
-        let groups = model.linears_by_layer();
+        let groups = model.quantizable_by_layer();
         for (layer, linears) in groups.iter().enumerate() {
             for l in linears {
                 let (rows, cols) = l.shape();
                 let mut ok: Vec<Format> = formats
                     .iter()
                     .copied()
-                    .filter(|f| f.check(rows, cols).is_ok() && legal(*f, rows, cols))
+                    .filter(|f| f.check(rows, cols).is_ok() && legal(*f, l.usage()))
                     .collect();
                 ok.sort_by_key(|f| (f.storage_bytes(rows, cols), *f));
                 ok.dedup();
@@ -176,6 +210,7 @@ impl Space {
                     name: l.name().to_string(),
                     layer,
                     shape: [rows, cols],
+                    usage: l.usage(),
                     formats: ok,
                 });
             }
@@ -192,7 +227,14 @@ impl Space {
             activations,
             layers: groups.len(),
             activation_rule: std::collections::HashMap::new(),
+            rest: Rest::default(),
         })
+    }
+
+    /// Counts `rest` (the model's other stored tensors) in every genome's size.
+    pub fn with_rest(mut self, rest: Rest) -> Space {
+        self.rest = rest;
+        self
     }
 
     /// Restricts which activation options each format may run with (a target's legality
@@ -223,47 +265,73 @@ impl Space {
             .is_none_or(|ok| ok.contains(&activation))
     }
 
-    /// Layer of every slot, in slot order.
+    /// The first layer each slot changes ([`Slot::enters`]), in slot order.
     pub fn layer_of(&self) -> Vec<usize> {
-        self.slots.iter().map(|s| s.layer).collect()
+        self.slots.iter().map(Slot::enters).collect()
     }
 
     /// Parameters in the quantizable tensors.
-    pub fn parameters(&self) -> u64 {
+    pub fn quantizable_parameters(&self) -> u64 {
         self.slots
             .iter()
             .map(|s| (s.shape[0] * s.shape[1]) as u64)
             .sum()
     }
 
-    /// Exact bytes of the quantizable tensors stored as `g` says.
+    /// Parameters of the whole model: the quantizable tensors and the rest.
+    pub fn parameters(&self) -> u64 {
+        self.quantizable_parameters() + self.rest.parameters
+    }
+
+    /// Exact bytes of every stored tensor of the model with the quantizable ones stored as
+    /// `g` says: codes, scales, zero-points and the other tensors (not the file's header).
     pub fn bytes(&self, g: &Genome) -> u64 {
         self.slots
             .iter()
             .zip(&g.genes)
             .map(|(s, gene)| s.bytes(gene.format))
-            .sum()
+            .sum::<u64>()
+            + self.rest.bytes
     }
 
-    /// Bits per weight of the quantizable tensors (scales and zero-points included).
+    /// Bits per weight of the whole model: [`Self::bytes`] x 8 / [`Self::parameters`].
     pub fn bits_per_weight(&self, g: &Genome) -> f64 {
         self.bytes(g) as f64 * 8.0 / self.parameters().max(1) as f64
     }
 
-    /// Every tensor in `format` with `calibrator` and `activation` inputs, if legal for all.
+    /// Every matmul in `format` with `calibrator` and `activation` inputs, if legal for all;
+    /// an embedding table that may not take `format` gets its smallest format with at least as
+    /// many bits per weight (else its largest).
     pub fn uniform(
         &self,
         format: Format,
         calibrator: Calibrator,
         activation: Activation,
     ) -> Option<Genome> {
-        self.slots
+        let genes = self
+            .slots
             .iter()
-            .all(|s| s.formats.contains(&format))
-            .then(|| Genome {
-                genes: vec![Gene { format, calibrator }; self.slots.len()],
-                activations: vec![activation; self.layers],
+            .map(|s| {
+                if s.formats.contains(&format) {
+                    return Some(format);
+                }
+                if !s.usage.gathers() {
+                    return None;
+                }
+                let [rows, cols] = s.shape;
+                let bpw = format.bits_per_weight(rows, cols);
+                s.formats
+                    .iter()
+                    .find(|f| f.bits_per_weight(rows, cols) >= bpw)
+                    .or(s.formats.last())
+                    .copied()
             })
+            .map(|f| f.map(|format| Gene { format, calibrator }))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Genome {
+            genes,
+            activations: vec![activation; self.layers],
+        })
     }
 
     /// Whether every value of `g` is allowed here; the error says which is not.
@@ -375,5 +443,66 @@ mod tests {
             r#"{"genes":[{"format":"int4-g32-asym","calibrator":"mse"}],"activation_bits":[null]}"#
         );
         assert_eq!(serde_json::from_str::<Genome>(&json).unwrap(), one);
+    }
+
+    #[test]
+    fn sizes_count_the_rest_and_a_uniform_genome_gives_tables_their_nearest_format() {
+        let f = |s: &str| s.parse::<Format>().unwrap();
+        let slot = |name: &str, layer, usage, formats: &[&str]| Slot {
+            name: name.into(),
+            layer,
+            shape: [64, 64],
+            usage,
+            formats: formats.iter().map(|s| f(s)).collect(),
+        };
+        let space = Space {
+            slots: vec![
+                slot(
+                    "emb",
+                    0,
+                    Usage::Gather,
+                    &["int4-g32-asym", "int8-channel-sym"],
+                ),
+                slot("q", 0, Usage::Matmul, &["int2-g32-asym", "int4-g32-asym"]),
+                slot("head", 1, Usage::GatherAndMatmul, &["int4-g32-asym"]),
+            ],
+            calibrators: vec![Calibrator::Mse],
+            activations: vec![Activation::Float],
+            layers: 2,
+            activation_rule: std::collections::HashMap::new(),
+            rest: Rest {
+                bytes: 100,
+                parameters: 50,
+            },
+        };
+        // A tied table changes the model from layer 0 on, though its head runs last.
+        assert_eq!(space.layer_of(), vec![0, 0, 0]);
+        let g = space
+            .uniform(f("int2-g32-asym"), Calibrator::Mse, Activation::Float)
+            .unwrap();
+        let formats: Vec<String> = g.genes.iter().map(|g| g.format.to_string()).collect();
+        assert_eq!(formats, ["int4-g32-asym", "int2-g32-asym", "int4-g32-asym"]);
+        let s = &space.slots;
+        let bytes = s[0].bytes(f("int4-g32-asym"))
+            + s[1].bytes(f("int2-g32-asym"))
+            + s[2].bytes(f("int4-g32-asym"))
+            + 100;
+        assert_eq!(space.bytes(&g), bytes);
+        assert_eq!(space.parameters(), 3 * 64 * 64 + 50);
+        assert_eq!(
+            space.bits_per_weight(&g),
+            bytes as f64 * 8.0 / (3 * 64 * 64 + 50) as f64
+        );
+        // Only the multiplied slots are priced as matmuls.
+        let priced: Vec<String> = space
+            .assignment(&g)
+            .into_iter()
+            .map(|a| a.shape.name)
+            .collect();
+        assert_eq!(priced, ["q", "head"]);
+        // A matmul that may not take the format: no uniform genome.
+        assert!(space
+            .uniform(f("int8-channel-sym"), Calibrator::Mse, Activation::Float)
+            .is_none());
     }
 }

@@ -129,7 +129,7 @@ impl Guide {
                         .iter()
                         .zip(&child.genes)
                         .filter(|(s, _)| s.layer == l)
-                        .all(|(_, g)| space.pair_legal(g.format, *a))
+                        .all(|(s, g)| s.pair_legal(space, g.format, *a))
                 })
                 .collect();
             if !options.is_empty() {
@@ -158,7 +158,7 @@ impl Guide {
                 let at = s.formats.iter().position(|f| *f == child.genes[i].format)?;
                 let to = if down { at.checked_sub(1)? } else { at + 1 };
                 let f = *s.formats.get(to)?;
-                if !space.pair_legal(f, child.activations[s.layer]) {
+                if !s.pair_legal(space, f, child.activations[s.layer]) {
                     return None;
                 }
                 let dl = (self.slot_loss(space, i, f)

@@ -15,8 +15,10 @@ pub(super) fn seed_genomes(
     settings: &Settings,
 ) -> Vec<(Origin, Genome)> {
     let calibrator = space.calibrators[0];
-    let mut formats: Vec<_> = space.slots[0].formats.clone();
-    formats.retain(|f| space.slots.iter().all(|s| s.formats.contains(f)));
+    // Formats every matmul may take (an embedding table that may not is given its nearest).
+    let matmuls = || space.slots.iter().filter(|s| !s.usage.gathers());
+    let mut formats: Vec<_> = matmuls().next().map_or(Vec::new(), |s| s.formats.clone());
+    formats.retain(|f| matmuls().all(|s| s.formats.contains(f)));
     let mut seeds: Vec<(Origin, Genome)> = formats
         .iter()
         .filter_map(|&f| {
@@ -82,7 +84,7 @@ fn lagrangian(
             s.formats
                 .iter()
                 .copied()
-                .filter(|f| space.pair_legal(*f, activation))
+                .filter(|f| s.pair_legal(space, *f, activation))
                 .collect()
         })
         .collect();

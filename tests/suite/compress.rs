@@ -50,7 +50,7 @@ fn compress_writes_a_packed_model_that_runs_as_measured_and_reruns_identically()
     let _cpu = common::busy();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let (code, stdout, stderr) = compress(&out, &["--max-bpw", "5"]);
+    let (code, stdout, stderr) = compress(&out, &["--max-bpw", "6"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("selected:"), "{stdout}");
     for f in [
@@ -66,7 +66,47 @@ fn compress_writes_a_packed_model_that_runs_as_measured_and_reruns_identically()
     }
     let report = json(&out.join("qpipe.json"));
     let bpw = report["selected"]["bits_per_weight"].as_f64().unwrap();
-    assert!(bpw <= 5.0, "{bpw}");
+    assert!(bpw <= 6.0, "{bpw}");
+    // One size everywhere: the search's bytes are the file's tensor bytes (the tied embedding
+    // quantized, norms in F16), over every parameter of the model.
+    let size = &report["size"];
+    let packed_file = out.join("model.qpipe.safetensors");
+    assert_eq!(size["tensor_bytes"], report["selected"]["bytes"]);
+    assert_eq!(
+        size["bits_per_weight"],
+        report["selected"]["bits_per_weight"]
+    );
+    assert_eq!(
+        size["file_bytes"].as_u64().unwrap(),
+        std::fs::metadata(&packed_file).unwrap().len()
+    );
+    let params = qpipe::checkpoint::Checkpoint::open(common::tiny())
+        .unwrap()
+        .parameter_count();
+    assert_eq!(size["parameters"].as_u64().unwrap(), params);
+    let genome = report["genome"]["tensors"].as_array().unwrap();
+    assert!(
+        genome
+            .iter()
+            .any(|t| t["name"] == "model.embed_tokens.weight" && t["format"] != "f32"),
+        "the tied embedding is a gene"
+    );
+    // `inspect` reads the same whole-model size back from the packed file.
+    let (code, stdout, stderr) = qpipe(&["inspect", packed_file.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let inspected: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(inspected["packed"]["tensor_bytes"], size["tensor_bytes"]);
+    assert_eq!(inspected["packed"]["parameters"], size["parameters"]);
+    assert_eq!(
+        inspected["packed"]["provenance"]["seed"].as_u64(),
+        Some(0),
+        "{inspected}"
+    );
+    assert_eq!(
+        inspected["packed"]["formats"]["F16"]["tensors"].as_u64(),
+        Some(9),
+        "hexagon stores tiny's 9 norms in F16: {inspected}"
+    );
     // The choice among the search's near-best genomes is the lowest on the validation tokens,
     // and every one compared was within 10% of the lowest search loss.
     let validation = report["validation"].as_array().unwrap();
@@ -121,7 +161,7 @@ fn compress_writes_a_packed_model_that_runs_as_measured_and_reruns_identically()
     // Same seed, same inputs: byte-identical outputs.
     let first = dir.path().join("first");
     std::fs::rename(&out, &first).unwrap();
-    let (code, _, stderr) = compress(&out, &["--max-bpw", "5"]);
+    let (code, _, stderr) = compress(&out, &["--max-bpw", "6"]);
     assert_eq!(code, 0, "{stderr}");
     for f in [
         "model.qpipe.safetensors",

@@ -37,7 +37,6 @@ impl Observer for Recorder {
 
 /// A small hexagon run of models/tiny into `out`, as `qpipe compress` would map these options.
 fn request(out: &Path) -> CompressRequest {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     CompressRequest {
         model: tiny(),
         target: "hexagon".into(),
@@ -46,13 +45,12 @@ fn request(out: &Path) -> CompressRequest {
             ..Limits::default()
         },
         text: TextPlan {
-            calibration: root.join("calibration-data/sotu-calibration.txt"),
-            evaluation: root.join("calibration-data/sotu-eval.txt"),
             tokens: 512,
             eval_tokens: 512,
             seq_len: Some(128),
             sensitivity_tokens: 128,
             top_k: 64,
+            ..TextPlan::default()
         },
         search: SearchPlan {
             population: 6,
@@ -76,10 +74,6 @@ fn argv(r: &CompressRequest) -> Vec<String> {
         r.target.clone(),
         "--max-bpw".into(),
         "5".into(),
-        "--data".into(),
-        s(&r.text.calibration),
-        "--eval-data".into(),
-        s(&r.text.evaluation),
         "--tokens".into(),
         "512".into(),
         "--eval-tokens".into(),
@@ -150,11 +144,14 @@ fn compress_in_process_reports_what_it_wrote_and_matches_the_binary() {
 
     // The binary, given the same request as options, writes the same bytes: it only maps
     // arguments onto the library. (Its --out, recorded in the provenance, is "bin" where the
-    // library's is "lib": same length, swapped back before comparing.)
+    // library's is "lib": same length, swapped back before comparing.) It runs where there is
+    // no calibration-data/: the default texts are built in.
     let bin_out = dir.path().join("bin");
     let args = argv(&request(&bin_out));
-    let (code, _, stderr) =
-        common::qpipe(&args[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, _, stderr) = common::qpipe_in(
+        dir.path(),
+        &args[1..].iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     assert_eq!(code, 0, "{stderr}");
     let (lib_dir, bin_dir) = (req.out.to_str().unwrap(), bin_out.to_str().unwrap());
     for f in [

@@ -57,7 +57,7 @@ fn search_beats_its_seeds_is_thread_independent_and_resumes_exactly() {
     let space = Space::new(
         &model,
         &formats(),
-        |_, _, _| true,
+        |_, _| true,
         vec![Calibrator::Mse],
         vec![Activation::Float],
     )

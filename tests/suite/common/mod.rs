@@ -53,7 +53,7 @@ pub fn read_text(relative: &str) -> String {
 /// `calibration-data/{name}` in the tokens of `ckpt`'s tokenizer.
 pub fn tokens(ckpt: &Checkpoint, name: &str) -> Vec<u32> {
     let tok = qpipe::data::tokenizer(ckpt).unwrap();
-    qpipe::data::encode_file(&tok, &calibration_data(name)).unwrap()
+    qpipe::data::encode(&tok, &calibration_data(name).into()).unwrap()
 }
 
 /// The demo model and its calibration text (sotu-calibration.txt) in its tokens.
@@ -136,7 +136,13 @@ pub fn raw_safetensors(header: &str, data: &[u8]) -> Vec<u8> {
 
 /// Runs the qpipe binary with `args`; returns (exit code, stdout, stderr).
 pub fn qpipe(args: &[&str]) -> (i32, String, String) {
+    qpipe_in(root(), args)
+}
+
+/// [`qpipe`] run in the working directory `dir`.
+pub fn qpipe_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qpipe"))
+        .current_dir(dir)
         .args(args)
         .output()
         .expect("qpipe binary runs");

@@ -310,6 +310,14 @@ impl QLinear {
         *self.observer.write().unwrap_or_else(|e| e.into_inner()) = observer;
     }
 
+    /// The weight to compute with: `overrides`' where it has one, else the active one.
+    fn weight_with(&self, overrides: Option<&dyn Overrides>) -> Weight {
+        match overrides.and_then(|o| o.weight(&self.name)) {
+            Some((w, format)) => Weight::Dense(w.clone(), format),
+            None => self.read_active().1.clone(),
+        }
+    }
+
     fn read_active(&self) -> std::sync::RwLockReadGuard<'_, (WeightSource, Weight)> {
         self.active.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -355,11 +363,7 @@ impl QLinear {
             Some(q) => q.apply(&x2)?,
             None => x2,
         };
-        let w = match overrides.and_then(|o| o.weight(&self.name)) {
-            Some((w, format)) => Weight::Dense(w.clone(), format),
-            None => self.read_active().1.clone(),
-        };
-        let mut y = match w {
+        let mut y = match self.weight_with(overrides) {
             Weight::Dense(w, Format::Gguf(t)) => runtime_matmul(t, &x2, &w)?,
             Weight::Dense(w, _) => x2.matmul(&w.t()?)?,
             Weight::Packed(p) => match &*p {
@@ -387,11 +391,7 @@ impl QLinear {
         let mut shape = ids.dims().to_vec();
         shape.push(self.shape.1);
         let flat = ids.flatten_all()?;
-        let w = match overrides.and_then(|o| o.weight(&self.name)) {
-            Some((w, format)) => Weight::Dense(w.clone(), format),
-            None => self.read_active().1.clone(),
-        };
-        let rows = match w {
+        let rows = match self.weight_with(overrides) {
             Weight::Dense(w, _) => w.index_select(&flat, 0)?,
             Weight::Packed(p) => {
                 let ids: Vec<u32> = flat.to_vec1()?;

@@ -9,7 +9,6 @@ use crate::model::Model;
 use crate::packed::{parts, Entry, Manifest, Provenance, FORMAT_VERSION, METADATA_KEY};
 use crate::quant::{ActivationQuant, Calibrator, Format, QuantizedTensor};
 use crate::search::genome::Rest;
-use safetensors::Dtype;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -69,13 +68,21 @@ impl Others {
         Ok(values.iter().all(|&v| back(v)).then_some(to))
     }
 
-    /// `view` as written: dtype and bytes.
-    fn write(self, view: &TensorView<'_>) -> Result<(Dtype, Vec<u8>)> {
-        Ok(match self.narrowing(view)? {
-            Some(to) => (to.dtype(), to.encode(&view.to_f32_vec()?)),
-            None => (view.dtype, view.bytes.to_vec()),
-        })
+    /// How `view` is written: the float type it is narrowed to (`None`: as stored) and the
+    /// bytes it takes; decided once per tensor, by `rest` and the writer alike.
+    fn plan(self, view: &TensorView<'_>) -> Result<(Option<FloatType>, u64)> {
+        let to = self.narrowing(view)?;
+        let bytes = to.map_or(view.bytes.len(), |t| t.width() * view.numel());
+        Ok((to, bytes as u64))
     }
+}
+
+/// `view`'s bytes as [`Others::plan`] decided: narrowed to `to`, or as stored.
+fn encoded(view: &TensorView<'_>, to: Option<FloatType>) -> Result<Vec<u8>> {
+    Ok(match to {
+        Some(to) => to.encode(&view.to_f32_vec()?),
+        None => view.bytes.to_vec(),
+    })
 }
 
 /// Bytes and parameters of `checkpoint`'s tensors outside `quantized`, written as `others`
@@ -86,11 +93,7 @@ pub fn rest(checkpoint: &Checkpoint, quantized: &[&str], others: Others) -> Resu
         if quantized.contains(&view.name) {
             continue;
         }
-        let width = match others.narrowing(&view)? {
-            Some(to) => to.width() as u64,
-            None => (view.bytes.len() / view.numel().max(1)) as u64,
-        };
-        rest.bytes += width * view.numel() as u64;
+        rest.bytes += others.plan(&view)?.1;
         rest.parameters += view.numel() as u64;
     }
     Ok(rest)
@@ -176,16 +179,15 @@ pub fn write(
     for view in checkpoint.tensors() {
         let name = view.name;
         let Some(entry) = manifest.tensors.get(name) else {
-            let dtype = match others.narrowing(&view)? {
-                Some(to) => to.dtype(),
-                None => view.dtype,
-            };
-            other_bytes += (view.numel() * dtype.bitsize()).div_ceil(8) as u64;
+            let (to, bytes) = others.plan(&view)?;
+            other_bytes += bytes;
             tensors.push((
                 name.to_string(),
-                LazyTensor::try_new(dtype, view.shape.to_vec(), move || {
-                    Ok(others.write(&view)?.1)
-                }),
+                LazyTensor::try_new(
+                    to.map_or(view.dtype, FloatType::dtype),
+                    view.shape.to_vec(),
+                    move || encoded(&view, to),
+                ),
             ));
             continue;
         };
@@ -238,6 +240,7 @@ pub fn write(
 mod tests {
     use super::*;
     use crate::checkpoint::write::LazyTensor;
+    use safetensors::Dtype;
 
     /// F16 narrowing keeps a tensor whose values F16 cannot hold as it was, and the bytes `rest`
     /// counts are the bytes written.
@@ -278,15 +281,15 @@ mod tests {
             }
         );
         let norm = checkpoint.tensor("norm").unwrap();
-        let (dtype, bytes) = Others::Narrowed(FloatType::F16).write(&norm).unwrap();
-        assert_eq!(dtype, Dtype::F16);
+        let f16 = Others::Narrowed(FloatType::F16);
+        let (to, size) = f16.plan(&norm).unwrap();
+        assert_eq!((to.map(FloatType::dtype), size), (Some(Dtype::F16), 8));
+        let bytes = encoded(&norm, to).unwrap();
         let mut back = [0f32; 4];
         FloatType::F16.decode(&bytes, &mut back);
         assert_eq!(back, [1.0, 0.5, -2.0, 3.25]);
         let huge = checkpoint.tensor("huge").unwrap();
-        assert_eq!(
-            Others::Narrowed(FloatType::F16).write(&huge).unwrap().0,
-            Dtype::F32
-        );
+        assert_eq!(f16.plan(&huge).unwrap(), (None, 8));
+        assert_eq!(encoded(&huge, None).unwrap(), huge.bytes);
     }
 }

@@ -9,7 +9,9 @@
 # llama-quantize type name; a `-pure` suffix adds `--pure` (every tensor in that type).
 # Environment: OUT (results; default models/llama-cpp-compare/<model name>), CHUNKS (imatrix
 # chunks of 128 tokens; default 128 = 16384 tokens of calibration-data/sotu-calibration.txt, or
-# the whole text if shorter), THREADS (default 2), FORCE=1 (redo steps whose outputs exist).
+# the whole text if shorter), THREADS (default 2), FORCE=1 (redo steps whose outputs exist),
+# QPIPE (the qpipe binary; default target/release/qpipe: a copy keeps a long run independent of
+# rebuilds).
 # Scoring uses check-gguf-llamacpp.sh's defaults on calibration-data/sotu-eval.txt (held-out):
 # CTX=128, MAX_TOKENS=16384.
 #
@@ -39,7 +41,7 @@ THREADS=${THREADS:-2}
 FORCE=${FORCE:-0}
 CAL=calibration-data/sotu-calibration.txt
 EVAL=calibration-data/sotu-eval.txt
-QPIPE=target/release/qpipe
+QPIPE=${QPIPE:-target/release/qpipe}
 for f in "$CAL" "$EVAL" "$QPIPE" models/.pylib/gguf/__init__.py; do
   [ -e "$f" ] || { echo "error: $f missing (see README: build qpipe, scripts/fetch-models.sh)" >&2; exit 2; }
 done

@@ -39,7 +39,7 @@ fn main() {
         for (fmt, cal) in cases {
             let f: Format = fmt.parse().unwrap();
             let t = median_secs(5, || {
-                std::hint::black_box(quant::quantize(&w, rows, cols, f, cal, None).unwrap());
+                std::hint::black_box(quant::quantize(&w, rows, cols, f, cal, None, None).unwrap());
             });
             if fmt == "int4-g32-asym" && cal == Calibrator::MinMax {
                 minmax_t = t;
@@ -59,7 +59,7 @@ fn main() {
         let t_fake = median_secs(5, || {
             let f: Format = "int4-g32-asym".parse().unwrap();
             std::hint::black_box(
-                quant::fake_quantize(&w, rows, cols, f, Calibrator::MinMax, None).unwrap(),
+                quant::fake_quantize(&w, rows, cols, f, Calibrator::MinMax, None, None).unwrap(),
             );
         });
         println!(

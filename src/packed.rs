@@ -13,7 +13,9 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::quant::{ActivationQuant, Calibrator, Format, IntQuantized, QuantizedTensor, Scheme};
+use crate::quant::{
+    ActivationQuant, Calibrator, Format, IntQuantized, QuantizedTensor, Rounding, Scheme,
+};
 use half::f16;
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
@@ -52,6 +54,13 @@ pub struct Entry {
     /// Calibrator that chose its ranges.
     #[serde(with = "crate::quant::by_name")]
     pub calibrator: Calibrator,
+    /// How its values were rounded onto the grid (`rtn` when absent).
+    #[serde(
+        default,
+        skip_serializing_if = "Rounding::is_nearest",
+        with = "crate::quant::by_name"
+    )]
+    pub rounding: Rounding,
     /// `[rows, cols]` of the original weight.
     pub shape: [usize; 2],
     /// Original dtype (`F32`, `F16`, `BF16`).

@@ -294,9 +294,16 @@ struct Candidate<'m> {
 fn weighted_error(c: &Candidate<'_>, calibrator: Calibrator) -> Result<(Vec<f32>, Vec<f32>, f64)> {
     let (rows, cols) = c.linear.shape();
     let w = c.linear.float_values(c.format)?;
-    let fake =
-        crate::quant::fake_quantize(&w, rows, cols, c.format, calibrator, Some(&c.importance))
-            .map_err(|m| Error::unsupported(Subject::tensor(c.linear.name()), m))?;
+    let fake = crate::quant::fake_quantize(
+        &w,
+        rows,
+        cols,
+        c.format,
+        calibrator,
+        Some(&c.importance),
+        None,
+    )
+    .map_err(|m| Error::unsupported(Subject::tensor(c.linear.name()), m))?;
     let proxy = w
         .chunks_exact(cols)
         .zip(fake.chunks_exact(cols))

@@ -6,6 +6,8 @@
 //! Everything is accumulated in a fixed order (sequences in order, one forward at a time), so
 //! the statistics are identical whatever the thread count.
 
+pub mod hessians;
+
 use crate::checkpoint::write::write_atomic;
 use crate::error::{Error, Result, Subject};
 use crate::model::{ActivationObserver, Model, QLinear};
@@ -17,6 +19,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::reference::TopK;
+pub use hessians::{Factors, Hessians};
 
 /// Version of the statistics file layout.
 const FORMAT_VERSION: u32 = 1;

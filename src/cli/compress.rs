@@ -3,7 +3,7 @@
 use super::{print, Stderr};
 use qpipe::data::Builtin;
 use qpipe::pipeline::{self, summary, CompressRequest, Limits, SearchPlan, Start, TextPlan};
-use qpipe::quant::{Calibrator, Format};
+use qpipe::quant::{Calibrator, Format, Rounding};
 use qpipe::Result;
 use std::io::Write;
 use std::path::PathBuf;
@@ -68,6 +68,10 @@ pub struct Args {
     /// Calibration tokens of the per-tensor sensitivity pass that guides the search.
     #[arg(long, default_value_t = TextPlan::default().sensitivity_tokens)]
     sensitivity_tokens: usize,
+    /// Calibration tokens GPTQ's input Hessians are accumulated over (the search's tokens,
+    /// then text after the validation tokens).
+    #[arg(long, default_value_t = TextPlan::default().hessian_tokens)]
+    hessian_tokens: usize,
     /// Float log-probabilities kept per position for the search's KL.
     #[arg(long, default_value_t = TextPlan::default().top_k)]
     top_k: usize,
@@ -77,6 +81,10 @@ pub struct Args {
     /// Weight calibrators the search may choose from (weighted by input importance).
     #[arg(long, value_delimiter = ',', default_value = "mse")]
     calibrators: Vec<Calibrator>,
+    /// Rounding methods the search may choose from: rtn (to nearest) and gptq (error
+    /// compensation with the input Hessian, integer formats only).
+    #[arg(long, value_delimiter = ',', default_value = "rtn,gptq")]
+    rounding: Vec<Rounding>,
     /// Print the report as JSON on stdout instead of the summary.
     #[arg(long)]
     json: bool,
@@ -101,6 +109,7 @@ impl Args {
                 eval_tokens: self.eval_tokens,
                 seq_len: self.seq_len,
                 sensitivity_tokens: self.sensitivity_tokens,
+                hessian_tokens: self.hessian_tokens,
                 top_k: self.top_k,
             },
             search: SearchPlan {
@@ -109,6 +118,7 @@ impl Args {
                 seed: self.seed,
                 formats: self.formats.clone(),
                 calibrators: self.calibrators.clone(),
+                roundings: self.rounding.clone(),
             },
             out: self.out.clone(),
             start: if self.resume {

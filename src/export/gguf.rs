@@ -1,11 +1,11 @@
-//! `model.gguf` for llama.cpp from a compress run's choices: each weight's GGUF block type (and
-//! its importance, for the types that use one) handed to the [`crate::gguf::writer`]; weights
-//! left in f32 and every other tensor are written as F32.
+//! `model.gguf` for llama.cpp from a compress run's choices: each weight's GGUF block type,
+//! importance, calibrator and GPTQ factor handed to the [`crate::gguf::writer`]; weights left
+//! in f32 and every other tensor are written as F32.
 
 use super::packed::Choice;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result, Subject};
-use crate::gguf::writer::{self, Written};
+use crate::gguf::writer::{self, Input, Written};
 use crate::quant::{FloatType, Format};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -18,7 +18,7 @@ pub fn write(
     path: &Path,
 ) -> Result<Written> {
     let mut types = HashMap::new();
-    let mut importance = HashMap::new();
+    let mut inputs = HashMap::new();
     for (name, c) in choices {
         match c.format {
             Format::Gguf(t) => {
@@ -33,8 +33,13 @@ pub fn write(
             }
         }
         if let Some(imp) = c.importance {
-            importance.insert(name.clone(), imp.to_vec());
+            let input = Input {
+                importance: imp,
+                calibrator: c.calibrator,
+                gptq: c.gptq,
+            };
+            inputs.insert(name.clone(), input);
         }
     }
-    writer::write(checkpoint, &types, &importance, path)
+    writer::write(checkpoint, &types, &inputs, path)
 }

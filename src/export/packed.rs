@@ -7,7 +7,7 @@ use crate::checkpoint::{Checkpoint, FloatType, TensorView};
 use crate::error::{Error, Result, Subject};
 use crate::model::Model;
 use crate::packed::{parts, Entry, Manifest, Provenance, FORMAT_VERSION, METADATA_KEY};
-use crate::quant::{ActivationQuant, Calibrator, Format, QuantizedTensor};
+use crate::quant::{ActivationQuant, Calibrator, Factor, Format, QuantizedTensor, Rounding};
 use crate::search::genome::Rest;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -16,12 +16,14 @@ use std::sync::{Arc, Mutex};
 
 /// What to store for one weight.
 pub struct Choice<'a> {
-    /// Format and calibrator.
+    /// Format.
     pub format: Format,
     /// Calibrator.
     pub calibrator: Calibrator,
     /// Per-input-column importance for the calibrator.
     pub importance: Option<&'a [f32]>,
+    /// The input's GPTQ factor, to round with GPTQ (else to nearest).
+    pub gptq: Option<&'a Factor>,
     /// Input quantizer to record.
     pub input_quant: Option<ActivationQuant>,
 }
@@ -161,6 +163,11 @@ pub fn write(
             Entry {
                 format: c.format,
                 calibrator: c.calibrator,
+                rounding: if c.gptq.is_some() {
+                    Rounding::Gptq
+                } else {
+                    Rounding::Nearest
+                },
                 shape: [rows, cols],
                 dtype: format!("{:?}", view.dtype),
                 input_quant: c.input_quant,
@@ -205,6 +212,7 @@ pub fn write(
                                 choice.format,
                                 choice.calibrator,
                                 choice.importance,
+                                choice.gptq,
                             )?),
                             count,
                         ),

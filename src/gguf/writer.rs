@@ -20,7 +20,7 @@ use crate::checkpoint::{Checkpoint, TensorView};
 use crate::error::{candle_message, Error, Result};
 use crate::gguf::layout::{gguf_name, permute_rows, permuted_heads};
 use crate::model::llama::LlamaConfig;
-use crate::quant::{Format, GgufType};
+use crate::quant::{Calibrator, Factor, Format, GgufType};
 use candle_core::quantized::gguf_file::Value;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -63,6 +63,17 @@ struct Planned<'a> {
     bytes: u64,
 }
 
+/// How a chosen weight is quantized besides its block type.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// Per input column importance (mean x²).
+    pub importance: &'a [f32],
+    /// `minmax`: llama.cpp's reference scales for the 32-blocks; otherwise qpipe's search.
+    pub calibrator: Calibrator,
+    /// The input's GPTQ factor, to round with GPTQ (32-blocks only).
+    pub gptq: Option<&'a Factor>,
+}
+
 /// The model hyper-parameters the metadata and the permutation need.
 struct Hyper {
     config: LlamaConfig,
@@ -70,16 +81,16 @@ struct Hyper {
 }
 
 /// Writes `checkpoint` as a GGUF file at `path` for llama.cpp, storing each tensor named in
-/// `types` (HF names) in that block type, with `importance` (per input column) where the type
-/// uses it, and every other tensor as F32.
+/// `types` (HF names) in that block type, quantized as `inputs` says for it (else llama.cpp's
+/// reference quantization), and every other tensor as F32.
 pub fn write(
     checkpoint: &Checkpoint,
     types: &HashMap<String, GgufType>,
-    importance: &HashMap<String, Vec<f32>>,
+    inputs: &HashMap<String, Input<'_>>,
     path: &Path,
 ) -> Result<Written> {
     let hyper = hyper_parameters(checkpoint)?;
-    let plan = plan(checkpoint, &hyper, types, importance)?;
+    let plan = plan(checkpoint, &hyper, types, inputs)?;
     let n_vocab = plan
         .iter()
         .find(|p| p.gguf == "token_embd.weight")
@@ -130,7 +141,7 @@ pub fn write(
         let data_start = w.pos;
         for (p, offset) in plan.iter().zip(&offsets) {
             debug_assert_eq!(w.pos, data_start + offset);
-            w.tensor(p, importance, head_dim)?;
+            w.tensor(p, inputs, head_dim)?;
             w.pad()?;
         }
         size = w.pos;
@@ -196,11 +207,11 @@ fn plan<'a>(
     checkpoint: &'a Checkpoint,
     hyper: &Hyper,
     types: &HashMap<String, GgufType>,
-    importance: &HashMap<String, Vec<f32>>,
+    inputs: &HashMap<String, Input<'_>>,
 ) -> Result<Vec<Planned<'a>>> {
     let weights = checkpoint.files().next().unwrap_or(checkpoint.dir());
     let c = &hyper.config;
-    let mut chosen: Vec<&String> = types.keys().chain(importance.keys()).collect();
+    let mut chosen: Vec<&String> = types.keys().chain(inputs.keys()).collect();
     chosen.sort();
     if let Some(name) = chosen.iter().find(|n| checkpoint.get(n).is_none()) {
         return Err(Error::invalid(
@@ -257,7 +268,7 @@ fn plan<'a>(
                 Error::invalid(view.file, format!("tensor '{name}' [{rows}, {cols}]: {m}"))
             })?;
         }
-        if let Some(imp) = importance.get(name) {
+        if let Some(imp) = inputs.get(name).map(|i| i.importance) {
             if imp.len() != cols {
                 return Err(Error::invalid(
                     view.file,
@@ -512,7 +523,7 @@ impl Sink<'_> {
     fn tensor(
         &mut self,
         p: &Planned<'_>,
-        importance: &HashMap<String, Vec<f32>>,
+        inputs: &HashMap<String, Input<'_>>,
         head_dim: usize,
     ) -> Result<()> {
         let name = p.view.name;
@@ -530,10 +541,18 @@ impl Sink<'_> {
                 }
             }
             Some(t) => {
-                let imp = importance.get(name).map(Vec::as_slice);
+                let input = inputs.get(name);
                 let bad = |m: String| Error::invalid(p.view.file, format!("tensor '{name}': {m}"));
-                let q =
-                    crate::quant::gguf::quantize(&values, p.rows, p.cols, t, imp).map_err(bad)?;
+                let q = crate::quant::gguf::quantize(
+                    &values,
+                    p.rows,
+                    p.cols,
+                    t,
+                    input.map_or(Calibrator::MinMax, |i| i.calibrator),
+                    input.map(|i| i.importance),
+                    input.and_then(|i| i.gptq),
+                )
+                .map_err(bad)?;
                 drop(values);
                 let data = q.data().map_err(|e| bad(candle_message(&e)))?;
                 self.bytes(&data)?;

@@ -6,7 +6,9 @@
 
 use crate::error::{Error, Result, Subject};
 use crate::quant::gguf::{self, GgufMatrix};
-use crate::quant::{ActivationQuant, Calibrator, FloatType, Format, IntQuantized, QuantizedTensor};
+use crate::quant::{
+    ActivationQuant, Calibrator, Factor, FloatType, Format, IntQuantized, QuantizedTensor,
+};
 use candle_core::{Module, Tensor};
 use std::sync::{Arc, RwLock};
 
@@ -228,12 +230,14 @@ impl QLinear {
     }
 
     /// The layer's float weight stored in `format` and read back (calibrated by `cal`,
-    /// optionally weighted by a per-input-channel `importance`): what a forward pass sees.
+    /// optionally weighted by a per-input-channel `importance`, rounded by GPTQ with the
+    /// input's factor `gptq` or else to nearest): what a forward pass sees.
     pub fn fake_weight(
         &self,
         format: Format,
         cal: Calibrator,
         importance: Option<&[f32]>,
+        gptq: Option<&Factor>,
     ) -> Result<Tensor> {
         let (rows, cols) = self.shape();
         let fake = crate::quant::fake_quantize(
@@ -243,18 +247,21 @@ impl QLinear {
             format,
             cal,
             importance,
+            gptq,
         )
         .map_err(|m| Error::unsupported(Subject::tensor(&self.name), m))?;
         Tensor::from_vec(fake, (rows, cols), &candle_core::Device::Cpu)
             .map_err(Error::compute(format!("{}: {format}", self.name)))
     }
 
-    /// The layer's float weight stored in `format` (packed codes, scales and zero-points).
+    /// The layer's float weight stored in `format` (packed codes, scales and zero-points),
+    /// chosen as [`Self::fake_weight`] says.
     pub fn quantized(
         &self,
         format: Format,
         cal: Calibrator,
         importance: Option<&[f32]>,
+        gptq: Option<&Factor>,
     ) -> Result<QuantizedTensor> {
         let (rows, cols) = self.shape();
         crate::quant::quantize(
@@ -264,6 +271,7 @@ impl QLinear {
             format,
             cal,
             importance,
+            gptq,
         )
         .map_err(|m| Error::unsupported(Subject::tensor(&self.name), m))
     }
@@ -282,7 +290,7 @@ impl QLinear {
         cal: Calibrator,
         importance: Option<&[f32]>,
     ) -> Result<()> {
-        let t = self.fake_weight(format, cal, importance)?;
+        let t = self.fake_weight(format, cal, importance, None)?;
         self.set_weight(WeightSource::Fake(format), t)
             .map_err(Error::compute(format!("{}: {format}", self.name)))
     }

@@ -204,11 +204,6 @@ impl GgufType {
         self.ggml().block_size()
     }
 
-    /// Whether the block type takes llama.cpp's importance matrix (the k-quants, in candle).
-    pub fn supports_importance(self) -> bool {
-        self.block_size() == 256
-    }
-
     fn name(self) -> &'static str {
         match self {
             GgufType::Q8_0 => "q8_0",

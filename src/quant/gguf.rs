@@ -1,32 +1,52 @@
 //! GGUF block formats through candle's `quantized` module (llama.cpp's exact layouts).
 //!
 //! candle implements llama.cpp's importance-matrix quantization for the k-quants only; the
-//! legacy 32-blocks (Q4_0 ... Q8_0) are quantized without it (candle would panic if asked).
+//! 32-blocks (Q4_0 ... Q8_0) are quantized by [`super::blocks`] (importance-weighted scales,
+//! GPTQ), or by candle with llama.cpp's reference scales for the `minmax` calibrator.
 
+use super::blocks;
+use super::calibrate::Calibrator;
 use super::format::{Format, GgufType};
+use super::gptq::Factor;
 use crate::error::candle_message;
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::k_quants::{self, BlockQ8K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
-/// Quantizes row-major `w` [rows, cols] to `t`, using the per-column importance where the
-/// block type supports it. The shape must pass `Format::check` first.
+/// Quantizes row-major `w` [rows, cols] to `t` with the per-column importance. A 32-block type
+/// gets llama.cpp's reference scales for `Calibrator::MinMax` (without GPTQ: candle's quantizer
+/// itself), else qpipe's importance-weighted search, and is rounded by GPTQ with `gptq`; the
+/// k-quants run candle's (llama.cpp's) imatrix search. The shape must pass `Format::check`
+/// first.
 pub fn quantize(
     w: &[f32],
     rows: usize,
     cols: usize,
     t: GgufType,
+    cal: Calibrator,
     imp: Option<&[f32]>,
+    gptq: Option<&Factor>,
 ) -> Result<QTensor, String> {
     Format::Gguf(t).check(rows, cols)?;
+    let named = |m: String| format!("{}: {m}", Format::Gguf(t));
+    let reference = cal == Calibrator::MinMax;
+    if blocks::handles(t) && !(reference && gptq.is_none()) {
+        let bytes = blocks::quantize(w, rows, cols, t, imp, reference, gptq).map_err(named)?;
+        return qtensor_from_ggml(t.ggml(), &bytes, vec![rows, cols], &Device::Cpu)
+            .map_err(|e| named(candle_message(&e)));
+    }
+    if gptq.is_some() {
+        return Err(named("GPTQ rounding is not available for this type".into()));
+    }
     let src = Tensor::from_slice(w, (rows, cols), &Device::Cpu).map_err(|e| candle_message(&e))?;
     let q = match imp {
-        Some(imp) if t.supports_importance() => QTensor::quantize_imatrix(&src, imp, t.ggml()),
+        Some(imp) if !blocks::handles(t) => QTensor::quantize_imatrix(&src, imp, t.ggml()),
         _ => QTensor::quantize(&src, t.ggml()),
     };
-    q.map_err(|e| format!("{}: {}", Format::Gguf(t), candle_message(&e)))
+    q.map_err(|e| named(candle_message(&e)))
 }
 
 /// Dequantizes a block-quantized tensor to row-major f32 with candle's own dequantizer.

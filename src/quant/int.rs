@@ -4,6 +4,7 @@
 
 use super::calibrate::{weight_quantizer, Calibrator};
 use super::format::{Granularity, IntFormat, Scheme};
+use super::gptq::Factor;
 use super::quantizer::Quantizer;
 use half::f16;
 use qpipe_kernels::pack::{pack, packed_len};
@@ -99,12 +100,14 @@ struct RowJob<'a> {
     shared: Option<Quantizer>,
 }
 
-/// Calibrates each group of `row` (or uses the job's whole-tensor quantizer) and writes its
-/// codes or values; returns the row's quantizers. Inlined into both builds of [`row_work`].
+/// Calibrates each group of `row` (or uses the job's whole-tensor quantizer, or the row's
+/// `given` ones) and writes its codes or values; returns the row's quantizers. Inlined into
+/// both builds of [`row_work`].
 #[inline(always)]
 fn row_work_body(
     job: RowJob<'_>,
     row: &[f32],
+    given: Option<&[Quantizer]>,
     mut out: RowOut<'_>,
 ) -> Result<Vec<Quantizer>, String> {
     let RowJob {
@@ -120,9 +123,13 @@ fn row_work_body(
         row.len().div_ceil(g)
     });
     for (k, xs) in row.chunks(g).enumerate() {
-        let q = match shared {
-            Some(q) => q,
-            None => {
+        let q = match (shared, given) {
+            (Some(q), _) => q,
+            (None, Some(given)) => {
+                qs.push(given[k]);
+                given[k]
+            }
+            (None, None) => {
                 let q = weight_quantizer(cal, fmt, xs, imp.map(|v| &v[k * g..k * g + xs.len()]))?;
                 qs.push(q);
                 q
@@ -148,18 +155,28 @@ fn row_work_body(
 /// FMA by itself, so this build computes bit-identical results, only wider.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn row_work_avx2(job: RowJob<'_>, row: &[f32], out: RowOut<'_>) -> Result<Vec<Quantizer>, String> {
-    row_work_body(job, row, out)
+fn row_work_avx2(
+    job: RowJob<'_>,
+    row: &[f32],
+    given: Option<&[Quantizer]>,
+    out: RowOut<'_>,
+) -> Result<Vec<Quantizer>, String> {
+    row_work_body(job, row, given, out)
 }
 
 /// Runs one row with the widest build this CPU supports.
-fn row_work(job: RowJob<'_>, row: &[f32], out: RowOut<'_>) -> Result<Vec<Quantizer>, String> {
+fn row_work(
+    job: RowJob<'_>,
+    row: &[f32],
+    given: Option<&[Quantizer]>,
+    out: RowOut<'_>,
+) -> Result<Vec<Quantizer>, String> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features this build was compiled for.
-        return unsafe { row_work_avx2(job, row, out) };
+        return unsafe { row_work_avx2(job, row, given, out) };
     }
-    row_work_body(job, row, out)
+    row_work_body(job, row, given, out)
 }
 
 /// Checks the shapes, then builds the job for `w`: for per-tensor granularity with the one
@@ -202,8 +219,32 @@ fn check_shape(w: &[f32], rows: usize, cols: usize, imp: Option<&[f32]>) -> Resu
     }
 }
 
+/// The values `w` is stored as when `gptq` rounds it, and every row's quantizers: the
+/// calibrator chooses them on the original weights, then GPTQ rounds onto them.
+fn gptq_values(
+    job: RowJob<'_>,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    gptq: &Factor,
+) -> Result<(Vec<f32>, Vec<Vec<Quantizer>>), String> {
+    let per_row: Vec<Vec<Quantizer>> = w
+        .par_chunks(cols)
+        .map(|row| row_work(job, row, None, RowOut::Values(&mut vec![0f32; cols])))
+        .collect::<Result<_, String>>()?;
+    let g = job.fmt.granularity.group_len(cols);
+    let grid = |r: usize, c: usize, x: f32| match job.shared {
+        Some(q) => q.fake(x),
+        None => per_row[r][c / g].fake(x),
+    };
+    let values = gptq.round(w, rows, cols, &grid)?;
+    Ok((values, per_row))
+}
+
 /// Quantizes row-major `w` [rows, cols] to `fmt` with ranges chosen by `cal`; `imp` is an
 /// optional per-column importance (e.g. mean x^2 of the layer input) weighting the error.
+/// With `gptq`, values are rounded by GPTQ onto the grid the calibrator chose (else to
+/// nearest).
 pub fn quantize(
     w: &[f32],
     rows: usize,
@@ -211,16 +252,26 @@ pub fn quantize(
     fmt: IntFormat,
     cal: Calibrator,
     imp: Option<&[f32]>,
+    gptq: Option<&Factor>,
 ) -> Result<IntQuantized, String> {
     let job = row_job(w, rows, cols, fmt, cal, imp)?;
+    let rounded = gptq
+        .map(|f| gptq_values(job, w, rows, cols, f))
+        .transpose()?;
+    let (values, given) = match &rounded {
+        Some((v, q)) => (v.as_slice(), Some(q)),
+        None => (w, None),
+    };
     let row_bytes = packed_len(cols, fmt.bits);
     let mut packed = vec![0u8; rows * row_bytes];
     let per_row: Vec<Vec<Quantizer>> = packed
         .par_chunks_mut(row_bytes)
-        .zip(w.par_chunks(cols))
-        .map(|(out, row)| {
+        .zip(values.par_chunks(cols))
+        .enumerate()
+        .map(|(r, (out, row))| {
             let mut codes = vec![0u8; cols];
-            let qs = row_work(job, row, RowOut::Codes(&mut codes))?;
+            let given = given.map(|q| q[r].as_slice());
+            let qs = row_work(job, row, given, RowOut::Codes(&mut codes))?;
             pack(&codes, fmt.bits, out).map_err(|e| e.to_string())?;
             Ok(qs)
         })
@@ -254,12 +305,16 @@ pub fn fake_quantize(
     fmt: IntFormat,
     cal: Calibrator,
     imp: Option<&[f32]>,
+    gptq: Option<&Factor>,
 ) -> Result<Vec<f32>, String> {
     let job = row_job(w, rows, cols, fmt, cal, imp)?;
+    if let Some(f) = gptq {
+        return gptq_values(job, w, rows, cols, f).map(|(v, _)| v);
+    }
     let mut out = vec![0f32; w.len()];
     out.par_chunks_mut(cols)
         .zip(w.par_chunks(cols))
-        .try_for_each(|(o, row)| row_work(job, row, RowOut::Values(o)).map(drop))?;
+        .try_for_each(|(o, row)| row_work(job, row, None, RowOut::Values(o)).map(drop))?;
     Ok(out)
 }
 
@@ -295,9 +350,10 @@ mod tests {
                         imp,
                         shared: None,
                     };
-                    let qa = row_work_body(job, &row, RowOut::Values(&mut a)).unwrap();
+                    let qa = row_work_body(job, &row, None, RowOut::Values(&mut a)).unwrap();
                     // SAFETY: features detected above.
-                    let qb = unsafe { row_work_avx2(job, &row, RowOut::Values(&mut b)) }.unwrap();
+                    let qb =
+                        unsafe { row_work_avx2(job, &row, None, RowOut::Values(&mut b)) }.unwrap();
                     assert_eq!(qa, qb, "{fmt:?} {cal}");
                     assert_eq!(
                         a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

@@ -5,9 +5,11 @@
 //! (quantize then dequantize) without packing, for the search's inner loop.
 
 pub mod activation;
+pub mod blocks;
 pub mod calibrate;
 pub mod format;
 pub mod gguf;
+pub mod gptq;
 pub mod histogram;
 pub mod int;
 pub mod quantizer;
@@ -38,6 +40,7 @@ pub mod by_name {
 }
 pub use calibrate::Calibrator;
 pub use format::{FloatType, Format, GgufType, Granularity, IntFormat, Scheme, Symmetry};
+pub use gptq::{Factor, Hessian};
 pub use histogram::Histogram;
 pub use int::IntQuantized;
 pub use quantizer::{Quantizer, ScaleRounding};
@@ -76,8 +79,74 @@ impl QuantizedTensor {
     }
 }
 
-/// Quantizes row-major `w` [rows, cols] into `format`. `cal` chooses integer ranges (GGUF types
-/// run llama.cpp's own search); `imp` is an optional per-column importance vector.
+/// How a weight's values are rounded onto its format's grid: a gene of the search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Rounding {
+    /// Each value to its nearest grid point (after the calibrator's clip search).
+    #[default]
+    Nearest,
+    /// GPTQ: column by column, each column's error compensated by the columns after it
+    /// (needs the layer's input Hessian).
+    Gptq,
+}
+
+impl Rounding {
+    /// Both methods.
+    pub const ALL: [Rounding; 2] = [Rounding::Nearest, Rounding::Gptq];
+
+    /// Rounding to nearest (the default, left out of files).
+    pub fn is_nearest(&self) -> bool {
+        *self == Rounding::Nearest
+    }
+
+    /// Whether weights stored in `format` can be rounded this way.
+    pub fn applies_to(self, format: Format) -> bool {
+        match self {
+            Rounding::Nearest => true,
+            Rounding::Gptq => match format {
+                Format::Int(_) => true,
+                Format::Gguf(t) => blocks::handles(t),
+                Format::Float(_) => false,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Rounding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rounding::Nearest => "rtn",
+            Rounding::Gptq => "gptq",
+        })
+    }
+}
+
+impl std::str::FromStr for Rounding {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "rtn" => Ok(Rounding::Nearest),
+            "gptq" => Ok(Rounding::Gptq),
+            _ => Err(format!("unknown rounding '{s}': expected rtn or gptq")),
+        }
+    }
+}
+
+/// The rounding of one weight: to nearest, or GPTQ with its input's factor.
+fn gptq_for(format: Format, gptq: Option<&Factor>) -> Result<Option<&Factor>, String> {
+    match gptq {
+        Some(_) if !Rounding::Gptq.applies_to(format) => {
+            Err(format!("GPTQ rounding does not apply to {format}"))
+        }
+        g => Ok(g),
+    }
+}
+
+/// Quantizes row-major `w` [rows, cols] into `format`. `cal` chooses integer ranges (and for the
+/// GGUF 32-blocks, `minmax` llama.cpp's reference scales, anything else qpipe's search; the
+/// k-quants run llama.cpp's own); `imp` is an optional per-column importance vector; `gptq`,
+/// the layer input's factor, rounds with GPTQ instead of to nearest.
 pub fn quantize(
     w: &[f32],
     rows: usize,
@@ -85,11 +154,15 @@ pub fn quantize(
     format: Format,
     cal: Calibrator,
     imp: Option<&[f32]>,
+    gptq: Option<&Factor>,
 ) -> Result<QuantizedTensor, String> {
     format.check(rows, cols)?;
+    let gptq = gptq_for(format, gptq)?;
     match format {
-        Format::Int(f) => int::quantize(w, rows, cols, f, cal, imp).map(QuantizedTensor::Int),
-        Format::Gguf(t) => gguf::quantize(w, rows, cols, t, imp).map(QuantizedTensor::Gguf),
+        Format::Int(f) => int::quantize(w, rows, cols, f, cal, imp, gptq).map(QuantizedTensor::Int),
+        Format::Gguf(t) => {
+            gguf::quantize(w, rows, cols, t, cal, imp, gptq).map(QuantizedTensor::Gguf)
+        }
         Format::Float(t) => {
             quantizer::finite_range(w)?;
             let bytes = t.encode(w);
@@ -106,10 +179,11 @@ pub fn fake_quantize(
     format: Format,
     cal: Calibrator,
     imp: Option<&[f32]>,
+    gptq: Option<&Factor>,
 ) -> Result<Vec<f32>, String> {
     format.check(rows, cols)?;
     match format {
-        Format::Int(f) => int::fake_quantize(w, rows, cols, f, cal, imp),
-        _ => quantize(w, rows, cols, format, cal, imp)?.dequantize(),
+        Format::Int(f) => int::fake_quantize(w, rows, cols, f, cal, imp, gptq_for(format, gptq)?),
+        _ => quantize(w, rows, cols, format, cal, imp, gptq)?.dequantize(),
     }
 }

@@ -1,7 +1,7 @@
 //! Fitness of genomes from real quantized forward passes against the float [`Baseline`].
 //!
 //! Three caches keep the search fast without changing any result:
-//! - fake-quantized weights per (tensor, format, calibrator), built once;
+//! - fake-quantized weights per (tensor, gene), built once;
 //! - losses per genome (by [`Genome::key`]), so a genome met again costs nothing;
 //! - hidden states entering a few checkpoint layers, keyed by [`Genome::prefix_key`]: a genome
 //!   that shares every choice before layer L with one evaluated earlier (a child that differs
@@ -12,16 +12,16 @@
 //! so results do not depend on what happened to be cached, nor on the thread count.
 
 use super::genome::{Gene, Genome, Space};
-use crate::calib::Stats;
+use crate::calib::{Factors, Stats};
 use crate::error::{Error, Result, Subject};
 use crate::model::{Model, Overrides};
-use crate::quant::{Activation, ActivationQuant, Calibrator, Format, Symmetry};
+use crate::quant::{Activation, ActivationQuant, Calibrator, Factor, Format, Rounding, Symmetry};
 use crate::reference::{layers, Baseline};
 use candle_core::Tensor;
 use rayon::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Calibrator for activation ranges: of the four, the best held-out KLD with one SmolLM2 layer's
 /// input at A8 on 107 of 210 layers (minmax 49, entropy 51, percentile 7; ties counted for each),
@@ -38,6 +38,8 @@ pub struct Evaluator<'a> {
     baseline: &'a Baseline,
     layer_of: Vec<usize>,
     importance: Vec<Vec<f32>>,
+    /// Per tensor, the GPTQ factor of its input (none until [`Evaluator::with_gptq`]).
+    gptq: Vec<Option<Arc<Factor>>>,
     /// Per tensor, the quantizer of its input per quantized activation format.
     activation: Vec<HashMap<Activation, ActivationQuant>>,
     weights: Mutex<TensorCache<(usize, Gene)>>,
@@ -164,6 +166,7 @@ impl<'a> Evaluator<'a> {
             baseline,
             layer_of: space.layer_of(),
             importance,
+            gptq: vec![None; space.slots.len()],
             activation,
             weights: Mutex::new(TensorCache::new(weight_cache)),
             losses: Mutex::new(HashMap::new()),
@@ -171,6 +174,30 @@ impl<'a> Evaluator<'a> {
             requests: AtomicU64::new(0),
             hits: AtomicU64::new(0),
         })
+    }
+
+    /// Lets genes round with GPTQ, with the factors of the tensors' inputs.
+    pub fn with_gptq(mut self, factors: &Factors) -> Self {
+        self.gptq = self
+            .space
+            .slots
+            .iter()
+            .map(|s| factors.get(&s.name).cloned())
+            .collect();
+        self
+    }
+
+    /// The GPTQ factor tensor `i` (slot order) is rounded with when its gene says `rounding`.
+    pub fn factor(&self, i: usize, rounding: Rounding) -> Result<Option<&Factor>> {
+        match rounding {
+            Rounding::Nearest => Ok(None),
+            Rounding::Gptq => self.gptq[i].as_deref().map(Some).ok_or_else(|| {
+                Error::invalid(
+                    Subject::tensor(&self.space.slots[i].name),
+                    "GPTQ rounding without the input's Hessian",
+                )
+            }),
+        }
     }
 
     /// The space genomes come from.
@@ -312,7 +339,12 @@ impl<'a> Evaluator<'a> {
             .ok_or_else(|| {
                 Error::invalid(Subject::tensor(&slot.name), "not a layer of the model")
             })?;
-        let t = linear.fake_weight(gene.format, gene.calibrator, Some(&self.importance[i]))?;
+        let t = linear.fake_weight(
+            gene.format,
+            gene.calibrator,
+            Some(&self.importance[i]),
+            self.factor(i, gene.rounding)?,
+        )?;
         lock(&self.weights).put((i, gene), &t);
         Ok(t)
     }

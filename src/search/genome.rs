@@ -5,7 +5,7 @@
 use crate::error::{Error, Result, Subject};
 use crate::hardware::{Assignment, MatmulShape};
 use crate::model::{Model, Usage};
-use crate::quant::{activation, Activation, Calibrator, Format};
+use crate::quant::{activation, Activation, Calibrator, Format, Rounding};
 use serde::{Deserialize, Serialize};
 
 /// One tensor's choice.
@@ -17,6 +17,29 @@ pub struct Gene {
     /// Calibrator choosing its ranges.
     #[serde(with = "crate::quant::by_name")]
     pub calibrator: Calibrator,
+    /// How values are rounded onto the format's grid (`rtn` when absent).
+    #[serde(
+        default,
+        skip_serializing_if = "Rounding::is_nearest",
+        with = "crate::quant::by_name"
+    )]
+    pub rounding: Rounding,
+}
+
+impl Gene {
+    /// This gene in `format`, rounded to nearest if its rounding does not apply there.
+    pub fn with_format(self, format: Format) -> Gene {
+        let rounding = if self.rounding.applies_to(format) {
+            self.rounding
+        } else {
+            Rounding::Nearest
+        };
+        Gene {
+            format,
+            rounding,
+            ..self
+        }
+    }
 }
 
 /// A whole-model quantization: one gene per tensor (forward order) and per layer the
@@ -57,7 +80,15 @@ impl Genome {
             if layer_of.get(i).is_some_and(|&l| l >= layer) {
                 continue;
             }
-            h = fnv(format!("{}/{};", g.format, g.calibrator).into_bytes(), h);
+            // Rounding to nearest hashes as genes did before it was a gene.
+            let rounding = match g.rounding {
+                Rounding::Nearest => String::new(),
+                r => format!("/{r}"),
+            };
+            h = fnv(
+                format!("{}/{}{rounding};", g.format, g.calibrator).into_bytes(),
+                h,
+            );
         }
         // Hashed as the `Option<u32>` of bits they were before, so saved keys stay valid.
         for a in self.activations.iter().take(layer) {
@@ -100,6 +131,11 @@ impl Slot {
         !self.usage.multiplies() || space.pair_legal(format, activation)
     }
 
+    /// Whether this tensor in `format` may be rounded with `rounding`: GPTQ needs an input.
+    pub fn rounding_legal(&self, rounding: Rounding, format: Format) -> bool {
+        rounding.applies_to(format) && (rounding == Rounding::Nearest || self.usage.multiplies())
+    }
+
     /// Exact storage bytes of this tensor in `format`.
     pub fn bytes(&self, format: Format) -> u64 {
         format.storage_bytes(self.shape[0], self.shape[1]) as u64
@@ -113,6 +149,8 @@ pub struct Space {
     pub slots: Vec<Slot>,
     /// Weight calibrators to choose from.
     pub calibrators: Vec<Calibrator>,
+    /// Rounding methods to choose from (to nearest unless [`Space::with_roundings`]).
+    pub roundings: Vec<Rounding>,
     /// Activation options per layer.
     pub activations: Vec<Activation>,
     /// Number of layers genomes give activations to.
@@ -224,11 +262,20 @@ impl Space {
         Ok(Space {
             slots,
             calibrators,
+            roundings: vec![Rounding::Nearest],
             activations,
             layers: groups.len(),
             activation_rule: std::collections::HashMap::new(),
             rest: Rest::default(),
         })
+    }
+
+    /// Lets genes choose among `roundings` (GPTQ needs the inputs' factors at evaluation).
+    pub fn with_roundings(mut self, roundings: Vec<Rounding>) -> Space {
+        if !roundings.is_empty() {
+            self.roundings = roundings;
+        }
+        self
     }
 
     /// Counts `rest` (the model's other stored tensors) in every genome's size.
@@ -299,13 +346,14 @@ impl Space {
         self.bytes(g) as f64 * 8.0 / self.parameters().max(1) as f64
     }
 
-    /// Every matmul in `format` with `calibrator` and `activation` inputs, if legal for all;
-    /// an embedding table that may not take `format` gets its smallest format with at least as
-    /// many bits per weight (else its largest).
+    /// Every matmul in `format` with `calibrator`, `rounding` (where it applies) and
+    /// `activation` inputs, if legal for all; an embedding table that may not take `format`
+    /// gets its smallest format with at least as many bits per weight (else its largest).
     pub fn uniform(
         &self,
         format: Format,
         calibrator: Calibrator,
+        rounding: Rounding,
         activation: Activation,
     ) -> Option<Genome> {
         let genes = self
@@ -326,7 +374,18 @@ impl Space {
                     .or(s.formats.last())
                     .copied()
             })
-            .map(|f| f.map(|format| Gene { format, calibrator }))
+            .zip(&self.slots)
+            .map(|(f, s)| {
+                f.map(|format| Gene {
+                    format,
+                    calibrator,
+                    rounding: if s.rounding_legal(rounding, format) {
+                        rounding
+                    } else {
+                        Rounding::Nearest
+                    },
+                })
+            })
             .collect::<Option<Vec<_>>>()?;
         Some(Genome {
             genes,
@@ -353,6 +412,14 @@ impl Space {
                 return Err(format!(
                     "{}: calibrator {} is not allowed",
                     s.name, gene.calibrator
+                ));
+            }
+            if !self.roundings.contains(&gene.rounding)
+                || !s.rounding_legal(gene.rounding, gene.format)
+            {
+                return Err(format!(
+                    "{}: rounding {} is not allowed with {}",
+                    s.name, gene.rounding, gene.format
                 ));
             }
         }
@@ -405,6 +472,7 @@ mod tests {
         Gene {
             format: f.parse().unwrap(),
             calibrator: Calibrator::Mse,
+            rounding: Rounding::Nearest,
         }
     }
 
@@ -443,6 +511,16 @@ mod tests {
             r#"{"genes":[{"format":"int4-g32-asym","calibrator":"mse"}],"activation_bits":[null]}"#
         );
         assert_eq!(serde_json::from_str::<Genome>(&json).unwrap(), one);
+        // GPTQ is part of the key and of the file.
+        let mut gptq = one.clone();
+        gptq.genes[0].rounding = Rounding::Gptq;
+        assert_eq!(
+            gptq.key(),
+            fnv(*b"int4-g32-asym/mse/gptq;None;", FNV_OFFSET)
+        );
+        let json = serde_json::to_string(&gptq).unwrap();
+        assert!(json.contains(r#""rounding":"gptq""#), "{json}");
+        assert_eq!(serde_json::from_str::<Genome>(&json).unwrap(), gptq);
     }
 
     #[test]
@@ -467,6 +545,7 @@ mod tests {
                 slot("head", 1, Usage::GatherAndMatmul, &["int4-g32-asym"]),
             ],
             calibrators: vec![Calibrator::Mse],
+            roundings: Rounding::ALL.to_vec(),
             activations: vec![Activation::Float],
             layers: 2,
             activation_rule: std::collections::HashMap::new(),
@@ -478,10 +557,25 @@ mod tests {
         // A tied table changes the model from layer 0 on, though its head runs last.
         assert_eq!(space.layer_of(), vec![0, 0, 0]);
         let g = space
-            .uniform(f("int2-g32-asym"), Calibrator::Mse, Activation::Float)
+            .uniform(
+                f("int2-g32-asym"),
+                Calibrator::Mse,
+                Rounding::Gptq,
+                Activation::Float,
+            )
             .unwrap();
         let formats: Vec<String> = g.genes.iter().map(|g| g.format.to_string()).collect();
         assert_eq!(formats, ["int4-g32-asym", "int2-g32-asym", "int4-g32-asym"]);
+        // GPTQ needs an input: a table only looked up is rounded to nearest.
+        let roundings: Vec<Rounding> = g.genes.iter().map(|g| g.rounding).collect();
+        assert_eq!(
+            roundings,
+            [Rounding::Nearest, Rounding::Gptq, Rounding::Gptq]
+        );
+        assert!(space.check(&g).is_ok());
+        let mut bad = g.clone();
+        bad.genes[0].rounding = Rounding::Gptq;
+        assert!(space.check(&bad).unwrap_err().contains("rounding gptq"));
         let s = &space.slots;
         let bytes = s[0].bytes(f("int4-g32-asym"))
             + s[1].bytes(f("int2-g32-asym"))
@@ -502,7 +596,12 @@ mod tests {
         assert_eq!(priced, ["q", "head"]);
         // A matmul that may not take the format: no uniform genome.
         assert!(space
-            .uniform(f("int8-channel-sym"), Calibrator::Mse, Activation::Float)
+            .uniform(
+                f("int8-channel-sym"),
+                Calibrator::Mse,
+                Rounding::Nearest,
+                Activation::Float
+            )
             .is_none());
     }
 }

@@ -100,7 +100,7 @@ impl Guide {
     }
 
     /// A child of `g`: mostly a [`Self::step`] (`direction` as there); now and then the
-    /// calibrator of a tensor or a layer's activations change instead.
+    /// calibrator or rounding of a tensor or a layer's activations change instead.
     pub(super) fn mutate(
         &self,
         g: &Genome,
@@ -134,6 +134,14 @@ impl Guide {
                 .collect();
             if !options.is_empty() {
                 child.activations[l] = options[rng.random_range(0..options.len())];
+            }
+            return child;
+        }
+        if (0.2..0.3).contains(&roll) && space.roundings.len() > 1 {
+            let i = rng.random_range(0..space.slots.len());
+            let r = space.roundings[rng.random_range(0..space.roundings.len())];
+            if space.slots[i].rounding_legal(r, child.genes[i].format) {
+                child.genes[i].rounding = r;
             }
             return child;
         }
@@ -196,7 +204,7 @@ impl Guide {
             pick -= w;
         }
         let (i, f, _) = moves[chosen];
-        child.genes[i].format = f;
+        child.genes[i] = child.genes[i].with_format(f);
         child
     }
 

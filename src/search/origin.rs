@@ -2,7 +2,7 @@
 //! by name (`uniform int4-g32-sym a8`, `lagrangian 4.50 bpw`, `evolved`) in `qpipe.json`,
 //! search state files and reports.
 
-use crate::quant::{Activation, Format};
+use crate::quant::{Activation, Format, Rounding};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
@@ -14,6 +14,8 @@ pub enum Origin {
     Uniform {
         /// The format.
         format: Format,
+        /// The rounding of every tensor it applies to.
+        rounding: Rounding,
         /// The activations.
         activation: Activation,
     },
@@ -21,6 +23,8 @@ pub enum Origin {
     Lagrangian {
         /// The budget in bits per weight, to the two decimals it is named with.
         bpw: f64,
+        /// The rounding of every tensor it applies to.
+        rounding: Rounding,
         /// The activations of every layer.
         activation: Activation,
     },
@@ -31,10 +35,11 @@ pub enum Origin {
 impl Origin {
     /// The Lagrangian allocation within `bpw`, its budget rounded to the two decimals it is
     /// named with, so that an origin read back from a state file equals the one written.
-    pub fn lagrangian(bpw: f64, activation: Activation) -> Origin {
+    pub fn lagrangian(bpw: f64, rounding: Rounding, activation: Activation) -> Origin {
         let named = format!("{bpw:.2}").parse().unwrap_or(bpw);
         Origin::Lagrangian {
             bpw: named,
+            rounding,
             activation,
         }
     }
@@ -45,12 +50,16 @@ impl Origin {
     }
 }
 
-/// ` a8` / ` a16` after a seed's name; nothing for float activations.
-struct Suffix(Activation);
+/// ` gptq` (nothing for rounding to nearest), then ` a8` / ` a16` (nothing for float
+/// activations) after a seed's name.
+struct Suffix(Rounding, Activation);
 
 impl fmt::Display for Suffix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
+        if self.0 != Rounding::Nearest {
+            write!(f, " {}", self.0)?;
+        }
+        match self.1 {
             Activation::Float => Ok(()),
             a => write!(f, " {a}"),
         }
@@ -60,12 +69,20 @@ impl fmt::Display for Suffix {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Uniform { format, activation } => {
-                write!(f, "uniform {format}{}", Suffix(*activation))
-            }
-            Origin::Lagrangian { bpw, activation } => {
-                write!(f, "lagrangian {bpw:.2} bpw{}", Suffix(*activation))
-            }
+            Origin::Uniform {
+                format,
+                rounding,
+                activation,
+            } => write!(f, "uniform {format}{}", Suffix(*rounding, *activation)),
+            Origin::Lagrangian {
+                bpw,
+                rounding,
+                activation,
+            } => write!(
+                f,
+                "lagrangian {bpw:.2} bpw{}",
+                Suffix(*rounding, *activation)
+            ),
             Origin::Evolved => f.write_str("evolved"),
         }
     }
@@ -83,16 +100,33 @@ impl FromStr for Origin {
             [a] if *a != Activation::Float.name() => a.parse().map_err(|_| bad()),
             _ => Err(bad()),
         };
+        // An optional rounding word other than the default, then the activation.
+        let suffix = |rest: &[&str]| -> Result<(Rounding, Activation), String> {
+            match rest.split_first() {
+                Some((r, tail)) if *r == Rounding::Gptq.to_string() => {
+                    Ok((Rounding::Gptq, activation(tail)?))
+                }
+                _ => Ok((Rounding::Nearest, activation(rest)?)),
+            }
+        };
         match words.as_slice() {
             ["evolved"] => Ok(Origin::Evolved),
-            ["uniform", format, rest @ ..] => Ok(Origin::Uniform {
-                format: format.parse().map_err(|_| bad())?,
-                activation: activation(rest)?,
-            }),
-            ["lagrangian", bpw, "bpw", rest @ ..] => Ok(Origin::Lagrangian {
-                bpw: bpw.parse().map_err(|_| bad())?,
-                activation: activation(rest)?,
-            }),
+            ["uniform", format, rest @ ..] => {
+                let (rounding, activation) = suffix(rest)?;
+                Ok(Origin::Uniform {
+                    format: format.parse().map_err(|_| bad())?,
+                    rounding,
+                    activation,
+                })
+            }
+            ["lagrangian", bpw, "bpw", rest @ ..] => {
+                let (rounding, activation) = suffix(rest)?;
+                Ok(Origin::Lagrangian {
+                    bpw: bpw.parse().map_err(|_| bad())?,
+                    rounding,
+                    activation,
+                })
+            }
             _ => Err(bad()),
         }
     }
@@ -120,6 +154,9 @@ mod tests {
             "uniform int4-channel-sym a8",
             "uniform int8-channel-sym a16",
             "uniform q4_k",
+            "uniform int4-g32-sym gptq",
+            "uniform int3-g32-asym gptq a16",
+            "lagrangian 4.50 bpw gptq a8",
             "lagrangian 4.50 bpw a8",
             "lagrangian 7.39 bpw",
             "evolved",
@@ -130,7 +167,7 @@ mod tests {
             assert_eq!(json, format!("\"{name}\""));
             assert_eq!(serde_json::from_str::<Origin>(&json).unwrap(), origin);
         }
-        let seed = Origin::lagrangian(4.499999, Activation::A16);
+        let seed = Origin::lagrangian(4.499999, Rounding::Nearest, Activation::A16);
         assert_eq!(seed.to_string(), "lagrangian 4.50 bpw a16");
         assert_eq!(seed.to_string().parse::<Origin>().unwrap(), seed);
         assert!(seed.is_seed() && !Origin::Evolved.is_seed());

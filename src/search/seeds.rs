@@ -4,11 +4,12 @@
 use super::genome::{Gene, Genome, Space};
 use super::guide::Guide;
 use super::{Origin, Settings};
-use crate::quant::{Activation, Calibrator, Format};
+use crate::quant::{Activation, Calibrator, Format, Rounding};
 
-/// Every uniform legal format (with the first calibrator and the first activation option it
-/// may run with), then, per activation option, Lagrangian allocations from the sensitivity at
-/// budgets spread between the smallest and the largest uniform size, plus the `max_bpw` limit.
+/// Every uniform legal format with each rounding method (the first calibrator, the first
+/// activation option it may run with), then, per activation option, Lagrangian allocations
+/// from the sensitivity at budgets spread between the smallest and the largest uniform size,
+/// plus the `max_bpw` limit; each allocation also with every other rounding method.
 pub(super) fn seed_genomes(
     space: &Space,
     guide: &Guide,
@@ -19,27 +20,47 @@ pub(super) fn seed_genomes(
     let matmuls = || space.slots.iter().filter(|s| !s.usage.gathers());
     let mut formats: Vec<_> = matmuls().next().map_or(Vec::new(), |s| s.formats.clone());
     formats.retain(|f| matmuls().all(|s| s.formats.contains(f)));
-    let mut seeds: Vec<(Origin, Genome)> = formats
-        .iter()
-        .filter_map(|&f| {
-            let activation = *space
-                .activations
-                .iter()
-                .find(|a| space.pair_legal(f, **a))?;
+    let mut seeds: Vec<(Origin, Genome)> = Vec::new();
+    for &rounding in &space.roundings {
+        for &f in &formats {
+            if !rounding.applies_to(f) {
+                continue;
+            }
+            let Some(&activation) = space.activations.iter().find(|a| space.pair_legal(f, **a))
+            else {
+                continue;
+            };
             let origin = Origin::Uniform {
                 format: f,
+                rounding,
                 activation,
             };
-            space
-                .uniform(f, calibrator, activation)
-                .map(|g| (origin, g))
-        })
-        .collect();
+            if let Some(g) = space.uniform(f, calibrator, rounding, activation) {
+                seeds.push((origin, g));
+            }
+        }
+    }
     if guide.has_sensitivity() {
         let sizes: Vec<f64> = seeds
             .iter()
             .map(|(_, g)| space.bits_per_weight(g))
             .collect();
+        let rounded = |g: &Genome, r| Genome {
+            genes: space
+                .slots
+                .iter()
+                .zip(&g.genes)
+                .map(|(s, gene)| Gene {
+                    rounding: if s.rounding_legal(r, gene.format) {
+                        r
+                    } else {
+                        gene.rounding
+                    },
+                    ..*gene
+                })
+                .collect(),
+            activations: g.activations.clone(),
+        };
         let (lo, hi) = sizes.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &b| {
             (lo.min(b), hi.max(b))
         });
@@ -58,8 +79,14 @@ pub(super) fn seed_genomes(
                 let Some(g) = lagrangian(guide, space, bpw, calibrator, activation) else {
                     continue;
                 };
-                if space.bits_per_weight(&g) <= bpw + 1e-9 && !seeds.iter().any(|(_, s)| *s == g) {
-                    seeds.push((Origin::lagrangian(bpw, activation), g));
+                if space.bits_per_weight(&g) > bpw + 1e-9 {
+                    continue;
+                }
+                for &r in &space.roundings {
+                    let g = rounded(&g, r);
+                    if !seeds.iter().any(|(_, s)| *s == g) {
+                        seeds.push((Origin::lagrangian(bpw, r, activation), g));
+                    }
                 }
             }
         }
@@ -105,7 +132,11 @@ fn lagrangian(
                         cost(**a).total_cmp(&cost(**b)).then(a.cmp(b))
                     })
                     .unwrap_or(&legal[i][0]);
-                Gene { format, calibrator }
+                Gene {
+                    format,
+                    calibrator,
+                    rounding: Rounding::Nearest,
+                }
             })
             .collect(),
         activations: vec![activation; space.layers],

@@ -9,7 +9,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 use qpipe::checkpoint::Checkpoint;
-use qpipe::gguf::writer::{write, Written};
+use qpipe::gguf::writer::{write, Input, Written};
 use qpipe::quant::{fake_quantize, Calibrator, Format, GgufType};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,11 +83,26 @@ fn choice() -> (HashMap<String, GgufType>, HashMap<String, Vec<f32>>) {
     (types, importance)
 }
 
+/// The importance as the writer takes it, with qpipe's block search (the mse calibrator).
+fn inputs(importance: &HashMap<String, Vec<f32>>) -> HashMap<String, Input<'_>> {
+    importance
+        .iter()
+        .map(|(n, imp)| {
+            let input = Input {
+                importance: imp,
+                calibrator: Calibrator::Mse,
+                gptq: None,
+            };
+            (n.clone(), input)
+        })
+        .collect()
+}
+
 fn export(dir: &Path) -> (PathBuf, Written) {
     let ckpt = Checkpoint::open(common::tiny()).unwrap();
     let (types, importance) = choice();
     let path = dir.join("tiny.gguf");
-    let written = write(&ckpt, &types, &importance, &path).unwrap();
+    let written = write(&ckpt, &types, &inputs(&importance), &path).unwrap();
     (path, written)
 }
 
@@ -208,14 +223,18 @@ fn candle_reads_it_back_and_import_gives_the_fake_quantized_weights() {
     assert_eq!(back.len(), 38);
     for t in ckpt.tensors() {
         let original = t.to_f32_vec().unwrap();
+        // With importance the writer runs qpipe's block search, else llama.cpp's reference.
+        let imp = importance.get(t.name).map(Vec::as_slice);
+        let cal = imp.map_or(Calibrator::MinMax, |_| Calibrator::Mse);
         let expected = match types.get(t.name) {
             Some(&ty) => fake_quantize(
                 &original,
                 t.shape[0],
                 t.shape[1],
                 Format::Gguf(ty),
-                Calibrator::MinMax,
-                importance.get(t.name).map(Vec::as_slice),
+                cal,
+                imp,
+                None,
             )
             .unwrap(),
             None => original,
@@ -237,6 +256,7 @@ fn candle_reads_it_back_and_import_gives_the_fake_quantized_weights() {
         256,
         Format::Gguf(GgufType::Q4K),
         Calibrator::MinMax,
+        None,
         None,
     )
     .unwrap();

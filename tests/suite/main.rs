@@ -18,6 +18,7 @@ mod compress;
 mod eval_metrics;
 mod export_gguf;
 mod gguf_tokenizer;
+mod gptq;
 mod hardware;
 mod hardware_host;
 mod import;

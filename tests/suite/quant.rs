@@ -68,9 +68,9 @@ proptest! {
     ) {
         let w: Vec<f32> = normal_values(rows * cols, spread, seed);
         let fmt = int_format(bits, granularity, scheme);
-        let q = int::quantize(&w, rows, cols, fmt, Calibrator::MinMax, None).unwrap();
+        let q = int::quantize(&w, rows, cols, fmt, Calibrator::MinMax, None, None).unwrap();
         let deq = q.dequantize().unwrap();
-        let fake = int::fake_quantize(&w, rows, cols, fmt, Calibrator::MinMax, None).unwrap();
+        let fake = int::fake_quantize(&w, rows, cols, fmt, Calibrator::MinMax, None, None).unwrap();
         prop_assert_eq!(&deq, &fake);
         prop_assert_eq!(q.storage_bytes(), Format::Int(fmt).storage_bytes(rows, cols));
         let g = granularity.group_len(cols);
@@ -100,7 +100,7 @@ proptest! {
             w.iter().zip(v).enumerate().map(|(i, (a, b))| imp[i % cols] as f64 * ((a - b) as f64).powi(2)).sum()
         };
         let fmt = int_format(bits, granularity, scheme);
-        let fq = |cal, imp: Option<&[f32]>| int::fake_quantize(&w, rows, cols, fmt, cal, imp).unwrap();
+        let fq = |cal, imp: Option<&[f32]>| int::fake_quantize(&w, rows, cols, fmt, cal, imp, None).unwrap();
         let (minmax, mse, mse_imp) = (fq(Calibrator::MinMax, None), fq(Calibrator::Mse, None), fq(Calibrator::Mse, Some(&imp)));
         prop_assert!(sq_err(&w, &mse) <= sq_err(&w, &minmax) * (1.0 + 1e-9));
         prop_assert!(weighted(&mse_imp) <= weighted(&minmax) * (1.0 + 1e-9));
@@ -128,7 +128,8 @@ fn importance_weighting_lowers_the_weighted_error() {
     };
     for fmt in ["int3-channel-sym", "int4-channel-asym", "int4-g128-sym"] {
         let f: Format = fmt.parse().unwrap();
-        let run = |imp| quant::fake_quantize(&w, rows, cols, f, Calibrator::Mse, imp).unwrap();
+        let run =
+            |imp| quant::fake_quantize(&w, rows, cols, f, Calibrator::Mse, imp, None).unwrap();
         let (plain, with_imp) = (weighted(&run(None)), weighted(&run(Some(&imp))));
         println!(
             "{fmt}: weighted error, plain mse {plain:.4e}, importance-weighted mse {with_imp:.4e}"
@@ -156,7 +157,7 @@ fn percentile_and_entropy_beat_minmax_on_heavy_tails() {
             let err = |cal| {
                 sq_err(
                     w,
-                    &int::fake_quantize(w, rows, cols, fmt, cal, None).unwrap(),
+                    &int::fake_quantize(w, rows, cols, fmt, cal, None, None).unwrap(),
                 )
             };
             let (minmax, pct, ent, mse) = (
@@ -329,7 +330,7 @@ fn gguf_formats_match_candle_and_llama_cpp_sizes() {
     let mut errs = Vec::new();
     for t in GgufType::ALL {
         let f = Format::Gguf(t);
-        let q = quant::quantize(&w, rows, cols, f, Calibrator::MinMax, None).unwrap();
+        let q = quant::quantize(&w, rows, cols, f, Calibrator::MinMax, None, None).unwrap();
         assert_eq!(q.storage_bytes(), f.storage_bytes(rows, cols), "{f}");
         // Our dequantized values are candle's own dequantization of candle's own quantization.
         let src =
@@ -346,17 +347,15 @@ fn gguf_formats_match_candle_and_llama_cpp_sizes() {
         assert_eq!(ours, theirs, "{f}");
         let rel = (sq_err(&w, &ours) / w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()).sqrt();
         errs.push((t, rel));
-        // Importance-weighted k-quants run llama.cpp's imatrix search and stay accurate.
-        if t.supports_importance() {
-            let qi =
-                quant::fake_quantize(&w, rows, cols, f, Calibrator::MinMax, Some(&imp)).unwrap();
-            let reli =
-                (sq_err(&w, &qi) / w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()).sqrt();
-            assert!(
-                reli < rel * 1.5 + 0.01,
-                "{f}: imatrix {reli} vs plain {rel}"
-            );
-        }
+        // Importance-weighted blocks (llama.cpp's imatrix search for the k-quants, qpipe's for
+        // the 32-blocks) stay accurate.
+        let qi =
+            quant::fake_quantize(&w, rows, cols, f, Calibrator::Mse, Some(&imp), None).unwrap();
+        let reli = (sq_err(&w, &qi) / w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()).sqrt();
+        assert!(
+            reli < rel * 1.5 + 0.01,
+            "{f}: imatrix {reli} vs plain {rel}"
+        );
     }
     println!("relative RMS error: {errs:?}");
     let rel = |t| errs.iter().find(|(x, _)| *x == t).unwrap().1;
@@ -379,6 +378,7 @@ fn gguf_formats_match_candle_and_llama_cpp_sizes() {
         Format::Gguf(GgufType::Q4K),
         Calibrator::MinMax,
         None,
+        None,
     )
     .err()
     .unwrap();
@@ -394,7 +394,7 @@ fn quantization_is_identical_for_any_thread_count() {
     let run = |threads, fmt: &str, cal| {
         let fmt: Format = fmt.parse().unwrap();
         common::on_threads(threads, || {
-            quant::quantize(&w, rows, cols, fmt, cal, Some(&imp))
+            quant::quantize(&w, rows, cols, fmt, cal, Some(&imp), None)
                 .unwrap()
                 .dequantize()
                 .unwrap()
@@ -415,22 +415,30 @@ fn bad_weights_and_shapes_are_errors_not_panics() {
     let fmt: Format = "int4-g32-sym".parse().unwrap();
     let mut w = vec![0.1f32; 64];
     w[5] = f32::NAN;
-    let e = quant::quantize(&w, 2, 32, fmt, Calibrator::MinMax, None)
+    let e = quant::quantize(&w, 2, 32, fmt, Calibrator::MinMax, None, None)
         .err()
         .unwrap();
     assert!(e.contains("NaN or Inf"), "{e}");
-    let e = quant::quantize(&w[..10], 2, 32, fmt, Calibrator::MinMax, None)
+    let e = quant::quantize(&w[..10], 2, 32, fmt, Calibrator::MinMax, None, None)
         .err()
         .unwrap();
     assert!(e.contains("10 values for a 2x32 matrix"), "{e}");
-    let e = quant::quantize(&[0.0; 64], 2, 32, fmt, Calibrator::Mse, Some(&[1.0; 3]))
-        .err()
-        .unwrap();
+    let e = quant::quantize(
+        &[0.0; 64],
+        2,
+        32,
+        fmt,
+        Calibrator::Mse,
+        Some(&[1.0; 3]),
+        None,
+    )
+    .err()
+    .unwrap();
     assert!(e.contains("importance has 3 entries for 32 columns"), "{e}");
     // All-zero groups are legal: scale 0, exact zeros back.
-    let z = quant::fake_quantize(&[0.0; 64], 2, 32, fmt, Calibrator::Entropy, None).unwrap();
+    let z = quant::fake_quantize(&[0.0; 64], 2, 32, fmt, Calibrator::Entropy, None, None).unwrap();
     assert!(z.iter().all(|&v| v == 0.0));
-    let big = quant::quantize(&[1e9; 32], 1, 32, fmt, Calibrator::MinMax, None)
+    let big = quant::quantize(&[1e9; 32], 1, 32, fmt, Calibrator::MinMax, None, None)
         .err()
         .unwrap();
     assert!(big.contains("does not fit in f16"), "{big}");
@@ -452,12 +460,12 @@ fn float_passthrough_rounds_like_half_and_counts_bytes() {
         ("bf16", |v: f32| half::bf16::from_f32(v).to_f32()),
     ] {
         let f: Format = name.parse().unwrap();
-        let q = quant::quantize(&w, 3, 100, f, Calibrator::MinMax, None).unwrap();
+        let q = quant::quantize(&w, 3, 100, f, Calibrator::MinMax, None, None).unwrap();
         assert_eq!(q.storage_bytes(), f.storage_bytes(3, 100), "{name}");
         let expect: Vec<f32> = w.iter().map(|&v| round(v)).collect();
         assert_eq!(q.dequantize().unwrap(), expect, "{name}");
         assert_eq!(
-            quant::fake_quantize(&w, 3, 100, f, Calibrator::MinMax, None).unwrap(),
+            quant::fake_quantize(&w, 3, 100, f, Calibrator::MinMax, None, None).unwrap(),
             expect
         );
     }
@@ -469,6 +477,7 @@ fn float_passthrough_rounds_like_half_and_counts_bytes() {
         100,
         "f16".parse().unwrap(),
         Calibrator::MinMax,
+        None,
         None
     )
     .is_err());

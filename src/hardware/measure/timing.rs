@@ -84,8 +84,9 @@ impl Job {
         let x = weights(p.tokens * p.cols);
         match (backend, p.format) {
             (Backend::Kernels, Format::Int(_)) => {
-                let q = quant::quantize(&w, p.rows, p.cols, p.format, Calibrator::MinMax, None)
-                    .map_err(err)?;
+                let q =
+                    quant::quantize(&w, p.rows, p.cols, p.format, Calibrator::MinMax, None, None)
+                        .map_err(err)?;
                 let QuantizedTensor::Int(q) = q else {
                     return Err(err(format!("{} did not quantize to integers", p.format)));
                 };
@@ -101,7 +102,8 @@ impl Job {
                 let candle = |e: candle_core::Error| err(candle_message(&e));
                 let qt = match f {
                     Format::Gguf(t) => {
-                        quant::gguf::quantize(&w, p.rows, p.cols, t, None).map_err(err)?
+                        quant::gguf::quantize(&w, p.rows, p.cols, t, Calibrator::MinMax, None, None)
+                            .map_err(err)?
                     }
                     _ => {
                         let dtype = if f == Format::Float(FloatType::F16) {

@@ -84,7 +84,9 @@ fn fake_gguf_layer_matches_the_packed_blocks() {
     for t in crate::quant::GgufType::ALL {
         let format = Format::Gguf(t);
         let float = QLinear::new("l.weight", wt.clone(), None);
-        let q = float.quantized(format, Calibrator::MinMax, None).unwrap();
+        let q = float
+            .quantized(format, Calibrator::MinMax, None, None)
+            .unwrap();
         let packed = QLinear::packed("l.weight", format, (rows, cols), q, None, None).unwrap();
         float
             .fake_quantize(format, Calibrator::MinMax, None)
@@ -93,7 +95,7 @@ fn fake_gguf_layer_matches_the_packed_blocks() {
         let plain: Vec<f32> = x
             .matmul(
                 &float
-                    .fake_weight(format, Calibrator::MinMax, None)
+                    .fake_weight(format, Calibrator::MinMax, None, None)
                     .unwrap()
                     .t()
                     .unwrap(),
@@ -158,7 +160,9 @@ fn packed_rows_are_the_fake_quantized_rows() {
     ] {
         let format: Format = f.parse().unwrap();
         let float = QLinear::new("t.weight", w.clone(), None).with_usage(Usage::Gather);
-        let q = float.quantized(format, Calibrator::Mse, None).unwrap();
+        let q = float
+            .quantized(format, Calibrator::Mse, None, None)
+            .unwrap();
         let packed = QLinear::packed("t.weight", format, (rows, cols), q, None, None).unwrap();
         float.fake_quantize(format, Calibrator::Mse, None).unwrap();
         let got = packed.gather(&ids, None).unwrap();

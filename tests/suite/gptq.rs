@@ -1,0 +1,145 @@
+//! GPTQ on the demo model: input Hessians shared by the layers that read the same input and
+//! agreeing with the calibration statistics, GPTQ's held-out gain over rounding to nearest on
+//! the whole model, and packed GPTQ weights equal to the values the search measured.
+
+use crate::common::{self, calibrated, llama, mean_kld, tiny};
+use qpipe::calib::{self, hessians};
+use qpipe::model::Model;
+use qpipe::quant::{Calibrator, Format, QuantizedTensor};
+
+fn hessian_tokens(model_tokens: &[u32]) -> Vec<&[u32]> {
+    qpipe::data::sequences(model_tokens, 128, 4096)
+}
+
+#[test]
+fn hessians_are_shared_by_the_layers_that_read_one_input_and_match_the_importance() {
+    let _cpu = common::busy();
+    let (model, cal) = common::tiny_and_calibration();
+    let seqs = hessian_tokens(&cal);
+    let hs = hessians::collect(&model, &seqs).unwrap();
+    let layers = common::llama(&model).config().num_hidden_layers;
+    // Per layer: q/k/v, o, gate/up, down; then the tied head.
+    assert_eq!(hs.inputs.len(), 4 * layers + 1);
+    let at = |n: &str| hs.of[n];
+    for l in 0..layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}.weight");
+        assert_eq!(at(&p("self_attn.q_proj")), at(&p("self_attn.k_proj")));
+        assert_eq!(at(&p("self_attn.q_proj")), at(&p("self_attn.v_proj")));
+        assert_eq!(at(&p("mlp.gate_proj")), at(&p("mlp.up_proj")));
+        assert_ne!(at(&p("self_attn.q_proj")), at(&p("self_attn.o_proj")));
+        assert_ne!(at(&p("mlp.gate_proj")), at(&p("mlp.down_proj")));
+    }
+    // The diagonal is the importance (mean x²) the statistics pass computes independently.
+    let stats = calib::collect(&model, &seqs, 1).unwrap();
+    for s in &stats.linears {
+        let h = hs.get(&s.name).unwrap();
+        assert_eq!(h.tokens(), (seqs.len() * 128) as u64, "{}", s.name);
+        let n = h.dim();
+        for (i, imp) in s.importance().iter().enumerate() {
+            let d = h.values()[i * n + i];
+            assert!(
+                (d - imp).abs() <= 1e-4 * imp.abs() + 1e-9,
+                "{} column {i}: {d} vs {imp}",
+                s.name
+            );
+        }
+    }
+}
+
+/// Every multiplied weight fake-quantized in `format`, rounded by GPTQ or to nearest; returns
+/// the mean held-out KL.
+fn whole_model_kld(c: &common::Calibrated, format: Format, gptq: bool) -> f64 {
+    let seqs_tokens = common::tokens(
+        &qpipe::checkpoint::Checkpoint::open(tiny()).unwrap(),
+        "sotu-calibration.txt",
+    );
+    let hs = hessians::collect(&c.model, &hessian_tokens(&seqs_tokens)).unwrap();
+    let factors = hs.factors().unwrap();
+    for l in c.model.linears() {
+        let imp = c.stats.linear(l.name()).unwrap().importance();
+        let f = gptq.then(|| factors.get(l.name()).unwrap().as_ref());
+        let w = l
+            .fake_weight(format, Calibrator::Mse, Some(&imp), f)
+            .unwrap();
+        l.set_weight(qpipe::model::WeightSource::Fake(format), w)
+            .unwrap();
+    }
+    let kld = mean_kld(llama(&c.model), &c.held_out, &c.reference);
+    c.model.linears().iter().for_each(|l| l.reset());
+    kld
+}
+
+#[test]
+fn gptq_lowers_the_held_out_kl_of_rounding_to_nearest() {
+    let _cpu = common::busy();
+    // Held out: moby-dick-eval.txt, another author and century than the calibration text.
+    let c = calibrated(&tiny(), 1024, 6);
+    for (format, most) in [
+        ("int4-channel-sym", 0.7),
+        ("int3-g32-asym", 0.65),
+        ("q4_0", 0.8),
+    ] {
+        let f: Format = format.parse().unwrap();
+        let (rtn, gptq) = (whole_model_kld(&c, f, false), whole_model_kld(&c, f, true));
+        println!("{format}: held-out KL rtn {rtn:.4e}, gptq {gptq:.4e}");
+        assert!(gptq < most * rtn, "{format}: gptq {gptq} vs rtn {rtn}");
+    }
+}
+
+#[test]
+fn packed_gptq_weights_are_the_values_the_search_measured_on_any_thread_count() {
+    let _cpu = common::busy();
+    let (model, cal) = common::tiny_and_calibration();
+    let hs = hessians::collect(&model, &hessian_tokens(&cal)).unwrap();
+    let factors = hs.factors().unwrap();
+    let Model::Llama(m) = &model else {
+        unreachable!()
+    };
+    let l = &m.linears()[5];
+    let f = factors.get(l.name()).unwrap().as_ref();
+    for format in [
+        "int4-g32-sym",
+        "int3-g32-asym",
+        "int4-channel-sym",
+        "int8-tensor-sym",
+        "q4_0",
+        "q5_1",
+        "q8_0",
+    ] {
+        let format: Format = format.parse().unwrap();
+        let fake: Vec<f32> = l
+            .fake_weight(format, Calibrator::Mse, None, Some(f))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let packed = |threads| {
+            common::on_threads(threads, || {
+                l.quantized(format, Calibrator::Mse, None, Some(f)).unwrap()
+            })
+        };
+        let (one, two) = (packed(1), packed(2));
+        let bytes = |q: &QuantizedTensor| match q {
+            QuantizedTensor::Int(q) => {
+                let scales = q.scales.iter().flat_map(|s| s.to_le_bytes());
+                [q.packed.clone(), q.zeros.clone(), scales.collect()].concat()
+            }
+            QuantizedTensor::Gguf(q) => q.data().unwrap().to_vec(),
+            QuantizedTensor::Float(..) => unreachable!(),
+        };
+        assert_eq!(bytes(&one), bytes(&two), "{format}: 1 and 2 threads");
+        assert_eq!(one.dequantize().unwrap(), fake, "{format}");
+        assert_eq!(
+            one.storage_bytes(),
+            format.storage_bytes(l.shape().0, l.shape().1)
+        );
+    }
+    // GPTQ is refused where it does not apply (the k-quants), naming the format.
+    let e = l
+        .quantized("q4_k".parse().unwrap(), Calibrator::Mse, None, Some(f))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("GPTQ rounding does not apply to q4_k"), "{e}");
+}

@@ -26,22 +26,6 @@ pub struct Gene {
     pub rounding: Rounding,
 }
 
-impl Gene {
-    /// This gene in `format`, rounded to nearest if its rounding does not apply there.
-    pub fn with_format(self, format: Format) -> Gene {
-        let rounding = if self.rounding.applies_to(format) {
-            self.rounding
-        } else {
-            Rounding::Nearest
-        };
-        Gene {
-            format,
-            rounding,
-            ..self
-        }
-    }
-}
-
 /// A whole-model quantization: one gene per tensor (forward order) and per layer the
 /// activation format.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -134,6 +118,16 @@ impl Slot {
     /// Whether this tensor in `format` may be rounded with `rounding`: GPTQ needs an input.
     pub fn rounding_legal(&self, rounding: Rounding, format: Format) -> bool {
         rounding.applies_to(format) && (rounding == Rounding::Nearest || self.usage.multiplies())
+    }
+
+    /// The rounding a gene of this tensor in `format` takes: `wanted` if the space offers it
+    /// and it applies, else the first offered one that applies, else to nearest (the fallback
+    /// for formats no offered method applies to).
+    pub fn rounding_for(&self, space: &Space, format: Format, wanted: Rounding) -> Rounding {
+        std::iter::once(wanted)
+            .chain(space.roundings.iter().copied())
+            .find(|&r| space.roundings.contains(&r) && self.rounding_legal(r, format))
+            .unwrap_or(Rounding::Nearest)
     }
 
     /// Exact storage bytes of this tensor in `format`.
@@ -379,11 +373,7 @@ impl Space {
                 f.map(|format| Gene {
                     format,
                     calibrator,
-                    rounding: if s.rounding_legal(rounding, format) {
-                        rounding
-                    } else {
-                        Rounding::Nearest
-                    },
+                    rounding: s.rounding_for(self, format, rounding),
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -414,9 +404,7 @@ impl Space {
                     s.name, gene.calibrator
                 ));
             }
-            if !self.roundings.contains(&gene.rounding)
-                || !s.rounding_legal(gene.rounding, gene.format)
-            {
+            if s.rounding_for(self, gene.format, gene.rounding) != gene.rounding {
                 return Err(format!(
                     "{}: rounding {} is not allowed with {}",
                     s.name, gene.rounding, gene.format
@@ -576,6 +564,12 @@ mod tests {
         let mut bad = g.clone();
         bad.genes[0].rounding = Rounding::Gptq;
         assert!(space.check(&bad).unwrap_err().contains("rounding gptq"));
+        // Offering GPTQ alone: the table falls back to nearest, the others must take GPTQ.
+        let only = space.clone().with_roundings(vec![Rounding::Gptq]);
+        assert!(only.check(&g).is_ok());
+        let mut nearest = g.clone();
+        nearest.genes[1].rounding = Rounding::Nearest;
+        assert!(only.check(&nearest).unwrap_err().contains("rounding rtn"));
         let s = &space.slots;
         let bytes = s[0].bytes(f("int4-g32-asym"))
             + s[1].bytes(f("int2-g32-asym"))

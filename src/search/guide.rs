@@ -140,9 +140,7 @@ impl Guide {
         if (0.2..0.3).contains(&roll) && space.roundings.len() > 1 {
             let i = rng.random_range(0..space.slots.len());
             let r = space.roundings[rng.random_range(0..space.roundings.len())];
-            if space.slots[i].rounding_legal(r, child.genes[i].format) {
-                child.genes[i].rounding = r;
-            }
+            child.genes[i].rounding = space.slots[i].rounding_for(space, child.genes[i].format, r);
             return child;
         }
         self.step(&child, space, direction, rng)
@@ -204,7 +202,9 @@ impl Guide {
             pick -= w;
         }
         let (i, f, _) = moves[chosen];
-        child.genes[i] = child.genes[i].with_format(f);
+        let rounding = space.slots[i].rounding_for(space, f, child.genes[i].rounding);
+        child.genes[i].format = f;
+        child.genes[i].rounding = rounding;
         child
     }
 

@@ -51,11 +51,7 @@ pub(super) fn seed_genomes(
                 .iter()
                 .zip(&g.genes)
                 .map(|(s, gene)| Gene {
-                    rounding: if s.rounding_legal(r, gene.format) {
-                        r
-                    } else {
-                        gene.rounding
-                    },
+                    rounding: s.rounding_for(space, gene.format, r),
                     ..*gene
                 })
                 .collect(),
@@ -135,7 +131,7 @@ fn lagrangian(
                 Gene {
                     format,
                     calibrator,
-                    rounding: Rounding::Nearest,
+                    rounding: space.slots[i].rounding_for(space, format, Rounding::Nearest),
                 }
             })
             .collect(),

@@ -71,15 +71,15 @@ fn grid_at(t: GgufType, xs: &[f32], ratio: f32) -> Grid {
             Grid::new(t, (hi - lo - 2.0 * shrink) / levels, lo + shrink)
         }
         _ => {
-            // The value of largest magnitude, with its sign, maps to the lowest code.
+            // The value of largest magnitude, with its sign, maps to the lowest code (q4_0,
+            // q5_0); q8_0's positive scale maps it to +-127.
             let v = xs
                 .iter()
                 .fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
             let end = match t {
                 GgufType::Q4_0 => -8.0,
                 GgufType::Q5_0 => -16.0,
-                // q8_0 is symmetric: the extreme maps to +-127.
-                _ => -127.0 * v.signum(),
+                _ => 127.0 * v.signum(),
             };
             Grid::new(t, v / end * ratio, 0.0)
         }

@@ -19,14 +19,7 @@ const SEQ: usize = 256;
 fn main() {
     // The allocator and thread settings the qpipe binary runs with.
     qpipe::process::configure();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m");
-    if !dir.is_dir() {
-        eprintln!(
-            "{} missing: run scripts/fetch-models.sh first",
-            dir.display()
-        );
-        std::process::exit(2);
-    }
+    let dir = common::smollm2_dir();
     let ckpt = Checkpoint::open(&dir).unwrap();
     let model = Llama::load(&ckpt).unwrap();
     let c = model.config().clone();

@@ -15,7 +15,6 @@ use qpipe::checkpoint::Checkpoint;
 use qpipe::data::{Builtin, Text};
 use qpipe::model::Model;
 use qpipe::quant::{self, Calibrator, Format, Hessian};
-use std::path::Path;
 use std::time::Instant;
 
 const TOKENS: usize = 8192;
@@ -39,14 +38,7 @@ fn output_error(w: &[f32], q: &[f32], h: &Hessian) -> f64 {
 
 fn main() {
     qpipe::process::configure();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m");
-    if !dir.is_dir() {
-        eprintln!(
-            "{} missing: run scripts/fetch-models.sh first",
-            dir.display()
-        );
-        std::process::exit(2);
-    }
+    let dir = common::smollm2_dir();
     let ckpt = Checkpoint::open(&dir).unwrap();
     let model = Model::load(&ckpt).unwrap();
     let tok = qpipe::data::tokenizer(&ckpt).unwrap();

@@ -28,3 +28,16 @@ pub fn status_kb(field: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// models/smollm2-135m, or exit 2 saying how to fetch it.
+pub fn smollm2_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m");
+    if !dir.is_dir() {
+        eprintln!(
+            "{} missing: run scripts/fetch-models.sh first",
+            dir.display()
+        );
+        std::process::exit(2);
+    }
+    dir
+}

@@ -5,10 +5,10 @@
 //! Streamed: each forward's inputs are multiplied into the f64 sums and dropped.
 
 use crate::error::{Error, Result, Subject};
-use crate::model::{ActivationObserver, Model, QLinear};
+use crate::model::{ActivationObserver, Model};
 use crate::quant::gptq::HessianSum;
 use crate::quant::{Factor, Hessian};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -137,28 +137,8 @@ pub fn collect(model: &Model, sequences: &[&[u32]]) -> Result<Hessians> {
     let collector = Arc::new(Collector {
         state: Mutex::new(State::default()),
     });
-    let linears: Vec<&QLinear> = model
-        .quantizable()
-        .into_iter()
-        .filter(|l| l.usage().multiplies())
-        .collect();
-    let install = |obs: Option<Arc<dyn ActivationObserver>>| {
-        linears.iter().for_each(|l| l.set_observer(obs.clone()));
-    };
-    install(Some(collector.clone()));
-    let run = || -> candle_core::Result<()> {
-        for seq in sequences {
-            let ids = Tensor::new(*seq, &Device::Cpu)?.unsqueeze(0)?;
-            match model {
-                Model::Llama(m) => drop(m.forward(&ids)?),
-                Model::Bert(m) => drop(m.forward(&ids, &ids.ones_like()?)?),
-            }
-        }
-        Ok(())
-    };
-    let outcome = run();
-    install(None);
-    outcome.map_err(Error::compute("input Hessians"))?;
+    let linears = super::observed_pass(model, sequences, collector.clone(), |_| Ok(()))
+        .map_err(Error::compute("input Hessians"))?;
     let state = std::mem::take(&mut *collector.state.lock().unwrap_or_else(|e| e.into_inner()));
     for l in &linears {
         if !state.entries.contains_key(l.name()) {

@@ -136,6 +136,40 @@ impl ActivationObserver for Collector {
     }
 }
 
+/// The weights with an input (the matmuls and a tied embedding as the LM head), in forward
+/// order, after running the float `model` over `sequences` (each a full window; BERT sees them
+/// unpadded) with `observer` on each of them; `on_logits` gets a causal LM's logits per
+/// sequence. The observer is removed again whatever happens.
+fn observed_pass<'m>(
+    model: &'m Model,
+    sequences: &[&[u32]],
+    observer: Arc<dyn ActivationObserver>,
+    mut on_logits: impl FnMut(&Tensor) -> candle_core::Result<()>,
+) -> candle_core::Result<Vec<&'m QLinear>> {
+    let linears: Vec<&QLinear> = model
+        .quantizable()
+        .into_iter()
+        .filter(|l| l.usage().multiplies())
+        .collect();
+    let install = |obs: Option<Arc<dyn ActivationObserver>>| {
+        linears.iter().for_each(|l| l.set_observer(obs.clone()));
+    };
+    install(Some(observer));
+    let mut run = || -> candle_core::Result<()> {
+        for seq in sequences {
+            let ids = Tensor::new(*seq, &Device::Cpu)?.unsqueeze(0)?;
+            match model {
+                Model::Llama(m) => on_logits(&m.forward(&ids)?.squeeze(0)?)?,
+                Model::Bert(m) => drop(m.forward(&ids, &ids.ones_like()?)?),
+            }
+        }
+        Ok(())
+    };
+    let outcome = run();
+    install(None);
+    outcome.map(|()| linears)
+}
+
 /// Runs the float `model` over `sequences` (each a full window; BERT sees them unpadded) and
 /// returns the statistics of every quantizable layer's inputs, plus the top-`k` reference
 /// distributions for a causal LM.
@@ -149,37 +183,11 @@ pub fn collect(model: &Model, sequences: &[&[u32]], k: usize) -> Result<Stats> {
     let collector = Arc::new(Collector {
         by_name: Mutex::new(BTreeMap::new()),
     });
-    // Every weight with an input: the matmuls and a tied embedding as the LM head.
-    let linears: Vec<&QLinear> = model
-        .quantizable()
-        .into_iter()
-        .filter(|l| l.usage().multiplies())
-        .collect();
-    let install = |obs: Option<Arc<dyn ActivationObserver>>| {
-        linears
-            .iter()
-            .for_each(|l: &&QLinear| l.set_observer(obs.clone()));
-    };
-    install(Some(collector.clone()));
     let mut reference = TopK::new(k);
-    let mut run = || -> candle_core::Result<()> {
-        for seq in sequences {
-            let ids = Tensor::new(*seq, &Device::Cpu)?.unsqueeze(0)?;
-            match model {
-                Model::Llama(m) => {
-                    let logits = m.forward(&ids)?.squeeze(0)?;
-                    reference.push(&logits)?;
-                }
-                Model::Bert(m) => {
-                    m.forward(&ids, &ids.ones_like()?)?;
-                }
-            }
-        }
-        Ok(())
-    };
-    let outcome = run();
-    install(None);
-    outcome.map_err(Error::compute("calibration forward pass"))?;
+    let linears = observed_pass(model, sequences, collector.clone(), |logits| {
+        reference.push(logits)
+    })
+    .map_err(Error::compute("calibration forward pass"))?;
 
     let mut by_name =
         std::mem::take(&mut *collector.by_name.lock().unwrap_or_else(|e| e.into_inner()));

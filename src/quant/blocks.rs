@@ -190,6 +190,7 @@ fn encode(t: GgufType, g: &Grid, xs: &[f32], out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::gguf::dequantize;
     use candle_core::quantized::ggml_file::qtensor_from_ggml;
     use candle_core::Device;
 
@@ -203,14 +204,8 @@ mod tests {
     }
 
     fn candle_values(t: GgufType, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
-        qtensor_from_ggml(t.ggml(), bytes, vec![rows, cols], &Device::Cpu)
-            .unwrap()
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
+        let q = qtensor_from_ggml(t.ggml(), bytes, vec![rows, cols], &Device::Cpu).unwrap();
+        dequantize(&q).unwrap()
     }
 
     const TYPES: [GgufType; 5] = [
@@ -255,14 +250,9 @@ mod tests {
         };
         for t in TYPES {
             let src = candle_core::Tensor::from_slice(&w, (rows, cols), &Device::Cpu).unwrap();
-            let theirs: Vec<f32> = candle_core::quantized::QTensor::quantize(&src, t.ggml())
-                .unwrap()
-                .dequantize(&Device::Cpu)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let theirs =
+                dequantize(&candle_core::quantized::QTensor::quantize(&src, t.ggml()).unwrap())
+                    .unwrap();
             let reference = candle_values(
                 t,
                 &quantize(&w, rows, cols, t, None, true, None).unwrap(),

@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release --example gguf-f32 -- MODEL_DIR OUT.gguf`
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
@@ -16,6 +16,7 @@ fn main() -> anyhow::Result<()> {
         &checkpoint,
         &HashMap::new(),
         &HashMap::new(),
+        &BTreeMap::new(),
         Path::new(out),
     )?;
     eprintln!(

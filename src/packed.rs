@@ -14,7 +14,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::quant::{
-    ActivationQuant, Calibrator, Format, IntQuantized, QuantizedTensor, Rounding, Scheme,
+    ActivationQuant, Calibrator, Format, IntQuantized, QuantizedTensor, Rounding, Scheme, Transform,
 };
 use half::f16;
 use safetensors::Dtype;
@@ -65,8 +65,17 @@ pub struct Entry {
     pub shape: [usize; 2],
     /// Original dtype (`F32`, `F16`, `BF16`).
     pub dtype: String,
-    /// Quantizer of the layer's input, when the target quantizes activations.
+    /// Quantizer of the layer's input, when the target quantizes activations (of the input
+    /// as it arrives, already divided by a transform's scales folded upstream).
     pub input_quant: Option<ActivationQuant>,
+    /// The transform of its input (`none` when absent): its columns were multiplied by the
+    /// scales whose inverse is folded into the input's producer, so the file computes as is.
+    #[serde(
+        default,
+        skip_serializing_if = "Transform::is_none",
+        with = "crate::quant::by_name"
+    )]
+    pub transform: Transform,
 }
 
 /// The `__metadata__["qpipe"]` object.

@@ -1,6 +1,7 @@
 //! Calibration statistics: one pass of the float model over the calibration tokens records, for
-//! every [`QLinear`] input, a 2048-bin histogram, the absmax and the per-input-channel mean of
-//! x² (the importance vector, as llama.cpp's imatrix), and for causal LMs caches the float
+//! every [`QLinear`] input, a 2048-bin histogram, the absmax, the per-input-channel mean of
+//! x² (the importance vector, as llama.cpp's imatrix) and extremes (for input transforms'
+//! scales and the ranges of rescaled inputs), and for causal LMs caches the float
 //! model's top-K next-token distribution so later KL measurements need no second float pass.
 //!
 //! Everything is accumulated in a fixed order (sequences in order, one forward at a time), so
@@ -11,7 +12,7 @@ pub mod hessians;
 use crate::checkpoint::write::write_atomic;
 use crate::error::{Error, Result, Subject};
 use crate::model::{ActivationObserver, Model, QLinear};
-use crate::quant::Histogram;
+use crate::quant::{FloatType, Format, Histogram, Transform};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,6 +36,13 @@ pub struct LinearStats {
     pub histogram: Histogram,
     /// Per input channel, the sum of x² over the tokens (f64, so order-stable and exact enough).
     pub sum_sq: Vec<f64>,
+    /// Per input channel, the smallest value seen, at most 0 (as activation ranges include 0;
+    /// empty in files from before it was kept).
+    #[serde(default)]
+    pub channel_min: Vec<f32>,
+    /// Per input channel, the largest value seen, at least 0 (empty in files from before).
+    #[serde(default)]
+    pub channel_max: Vec<f32>,
 }
 
 impl LinearStats {
@@ -44,6 +52,8 @@ impl LinearStats {
             tokens: 0,
             histogram: Histogram::new(),
             sum_sq: vec![0.0; in_features],
+            channel_min: vec![0.0; in_features],
+            channel_max: vec![0.0; in_features],
         }
     }
 
@@ -63,12 +73,36 @@ impl LinearStats {
         self.sum_sq.iter().map(|s| (s / n) as f32).collect()
     }
 
+    /// Per input channel, the largest |x| seen; `None` for statistics saved before it was kept.
+    pub fn channel_abs_max(&self) -> Option<Vec<f32>> {
+        (self.channel_max.len() == self.sum_sq.len()).then(|| {
+            self.channel_min
+                .iter()
+                .zip(&self.channel_max)
+                .map(|(lo, hi)| lo.abs().max(hi.abs()))
+                .collect()
+        })
+    }
+
+    /// The range `[lo, hi]` of the input divided per channel by `scales` (a transform's): from
+    /// the channel extremes, so it always contains 0.
+    pub fn scaled_range(&self, scales: &[f32]) -> (f32, f32) {
+        let (mut lo, mut hi) = (0f32, 0f32);
+        for ((min, max), s) in self.channel_min.iter().zip(&self.channel_max).zip(scales) {
+            lo = lo.min(min / s);
+            hi = hi.max(max / s);
+        }
+        (lo, hi)
+    }
+
     fn add(&mut self, x: &[f32]) {
         let cols = self.sum_sq.len();
         self.histogram.add(x);
         for row in x.chunks_exact(cols) {
-            for (s, &v) in self.sum_sq.iter_mut().zip(row) {
-                *s += f64::from(v) * f64::from(v);
+            for (j, &v) in row.iter().enumerate() {
+                self.sum_sq[j] += f64::from(v) * f64::from(v);
+                self.channel_min[j] = self.channel_min[j].min(v);
+                self.channel_max[j] = self.channel_max[j].max(v);
             }
         }
         self.tokens += (x.len() / cols) as u64;
@@ -116,6 +150,52 @@ impl Stats {
             ));
         }
         Ok(stats)
+    }
+}
+
+impl Stats {
+    /// The per-channel scales `transform` gives `fold`'s input (`None` for no transform): from
+    /// its first consumer's input statistics and, for SmoothQuant, the column maxima of every
+    /// consumer's float weight in `model`.
+    pub fn fold_scales(
+        &self,
+        model: &Model,
+        fold: &crate::model::Fold,
+        transform: Transform,
+    ) -> Result<Option<Vec<f32>>> {
+        if transform.is_none() {
+            return Ok(None);
+        }
+        let first = &fold.consumers[0];
+        let stats = self.linear(first).ok_or_else(|| {
+            Error::invalid(
+                Subject::other("<calibration statistics>"),
+                format!("no statistics for {first}"),
+            )
+        })?;
+        let abs_max = stats.channel_abs_max().ok_or_else(|| {
+            Error::invalid(
+                Subject::other("<calibration statistics>"),
+                format!("{first}: no per-channel ranges (statistics from an older qpipe: collect them again)"),
+            )
+        })?;
+        let cols = abs_max.len();
+        let mut weight_max = vec![0f32; cols];
+        if matches!(transform, Transform::Smooth(_)) {
+            let linears = model.quantizable();
+            for name in &fold.consumers {
+                let l = linears.iter().find(|l| l.name() == name).ok_or_else(|| {
+                    Error::invalid(Subject::tensor(name), "not a layer of the model")
+                })?;
+                let values = l.float_values(Format::Float(FloatType::F32))?;
+                for row in values.chunks_exact(cols) {
+                    for (m, v) in weight_max.iter_mut().zip(row) {
+                        *m = m.max(v.abs());
+                    }
+                }
+            }
+        }
+        Ok(transform.scales(&stats.importance(), &abs_max, &weight_max))
     }
 }
 

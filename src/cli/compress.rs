@@ -3,7 +3,7 @@
 use super::{print, Stderr};
 use qpipe::data::Builtin;
 use qpipe::pipeline::{self, summary, CompressRequest, Limits, SearchPlan, Start, TextPlan};
-use qpipe::quant::{Calibrator, Format, Rounding};
+use qpipe::quant::{Calibrator, Format, Rounding, Transform};
 use qpipe::Result;
 use std::io::Write;
 use std::path::PathBuf;
@@ -85,6 +85,13 @@ pub struct Args {
     /// compensation with the input Hessian, integer formats only).
     #[arg(long, value_delimiter = ',', default_value = "rtn,gptq")]
     rounding: Vec<Rounding>,
+    /// Input transforms the search may choose from, folded into the norm or matmul before
+    /// (Llama models): none, awq (scales rms(x)^alpha) and smooth (SmoothQuant, max|x|^alpha /
+    /// max|W|^(1-alpha)), alpha as a suffix (awq0.25, smooth0.8; default 0.5). A transformed
+    /// tensor is rounded to nearest. Default: none,smooth0.5,smooth0.8 on targets with A8
+    /// layers, else none.
+    #[arg(long, value_delimiter = ',')]
+    transform: Vec<Transform>,
     /// Print the report as JSON on stdout instead of the summary.
     #[arg(long)]
     json: bool,
@@ -119,6 +126,7 @@ impl Args {
                 formats: self.formats.clone(),
                 calibrators: self.calibrators.clone(),
                 roundings: self.rounding.clone(),
+                transforms: self.transform.clone(),
             },
             out: self.out.clone(),
             start: if self.resume {

@@ -2,7 +2,7 @@
 //! importance, calibrator and GPTQ factor handed to the [`crate::gguf::writer`]; weights left
 //! in f32 and every other tensor are written as F32.
 
-use super::packed::Choice;
+use super::packed::{Choice, Folded};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result, Subject};
 use crate::gguf::writer::{self, Input, Written};
@@ -15,6 +15,7 @@ use std::path::Path;
 pub fn write(
     checkpoint: &Checkpoint,
     choices: &BTreeMap<String, Choice<'_>>,
+    folded: &Folded<'_>,
     path: &Path,
 ) -> Result<Written> {
     let mut types = HashMap::new();
@@ -32,14 +33,13 @@ pub fn write(
                 ))
             }
         }
-        if let Some(imp) = c.importance {
-            let input = Input {
-                importance: imp,
-                calibrator: c.calibrator,
-                gptq: c.gptq,
-            };
-            inputs.insert(name.clone(), input);
-        }
+        let input = Input {
+            importance: c.importance.as_deref(),
+            calibrator: c.calibrator,
+            gptq: c.gptq,
+            rescale: c.rescale,
+        };
+        inputs.insert(name.clone(), input);
     }
-    writer::write(checkpoint, &types, &inputs, path)
+    writer::write(checkpoint, &types, &inputs, folded, path)
 }

@@ -7,9 +7,13 @@ use crate::checkpoint::{Checkpoint, FloatType, TensorView};
 use crate::error::{Error, Result, Subject};
 use crate::model::Model;
 use crate::packed::{parts, Entry, Manifest, Provenance, FORMAT_VERSION, METADATA_KEY};
-use crate::quant::{ActivationQuant, Calibrator, Factor, Format, QuantizedTensor, Rounding};
-use crate::search::genome::Rest;
+use crate::quant::{
+    ActivationQuant, Calibrator, Factor, Format, QuantizedTensor, Rescale, Rounding, Transform,
+};
+use crate::search::fitness::Evaluator;
+use crate::search::genome::{Genome, Rest};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -20,12 +24,55 @@ pub struct Choice<'a> {
     pub format: Format,
     /// Calibrator.
     pub calibrator: Calibrator,
-    /// Per-input-column importance for the calibrator.
-    pub importance: Option<&'a [f32]>,
+    /// Per-input-column importance for the calibrator (of the input as the stored weight
+    /// reads it).
+    pub importance: Option<Cow<'a, [f32]>>,
     /// The input's GPTQ factor, to round with GPTQ (else to nearest).
     pub gptq: Option<&'a Factor>,
     /// Input quantizer to record.
     pub input_quant: Option<ActivationQuant>,
+    /// The transform of its input (recorded).
+    pub transform: Transform,
+    /// How the weight is rescaled before quantizing: its columns by its input's transform,
+    /// its rows where it produces a transformed input.
+    pub rescale: Rescale<'a>,
+}
+
+/// Per tensor outside the choices (a norm's weight, a bias), the divisors of its first
+/// dimension that transforms fold into it.
+pub type Folded<'a> = BTreeMap<String, &'a [f32]>;
+
+/// What `evaluator` measured for `g`, as the writers store it: per weight its choice (format,
+/// calibrator, importance, GPTQ factor, input quantizer, transform and rescaling), and the
+/// other tensors the transforms fold into.
+pub fn choices<'e>(
+    evaluator: &'e Evaluator<'_>,
+    g: &Genome,
+) -> Result<(BTreeMap<String, Choice<'e>>, Folded<'e>)> {
+    let divisors = evaluator.fold_divisors(g);
+    let choices = evaluator
+        .space()
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let gene = g.genes[i];
+            let choice = Choice {
+                format: gene.format,
+                calibrator: gene.calibrator,
+                importance: Some(evaluator.scaled_importance(i, gene.transform)),
+                gptq: evaluator.factor(i, gene.rounding)?,
+                input_quant: evaluator.input_quant(g, i),
+                transform: gene.transform,
+                rescale: Rescale {
+                    columns: evaluator.scales(i, gene.transform),
+                    rows: divisors.rows.get(&i).copied(),
+                },
+            };
+            Ok((s.name.clone(), choice))
+        })
+        .collect::<Result<_>>()?;
+    Ok((choices, divisors.others))
 }
 
 /// What a write produced.
@@ -79,12 +126,51 @@ impl Others {
     }
 }
 
-/// `view`'s bytes as [`Others::plan`] decided: narrowed to `to`, or as stored.
-fn encoded(view: &TensorView<'_>, to: Option<FloatType>) -> Result<Vec<u8>> {
-    Ok(match to {
-        Some(to) => to.encode(&view.to_f32_vec()?),
-        None => view.bytes.to_vec(),
-    })
+/// `view`'s bytes as [`Others::plan`] decided: narrowed to `to`, or as stored; with its first
+/// dimension divided by `divisors` (a fold) if given, in the type it is written in.
+fn encoded(
+    view: &TensorView<'_>,
+    to: Option<FloatType>,
+    divisors: Option<&[f32]>,
+) -> Result<Vec<u8>> {
+    let Some(d) = divisors else {
+        return Ok(match to {
+            Some(to) => to.encode(&view.to_f32_vec()?),
+            None => view.bytes.to_vec(),
+        });
+    };
+    let stored = FloatType::from_dtype(view.dtype);
+    let (Some(ty), Some(&rows)) = (to.or(stored), view.shape.first()) else {
+        return Err(Error::unsupported(
+            Subject::tensor(view.name),
+            format!(
+                "a transform folds into it, but it is stored as {:?}",
+                view.dtype
+            ),
+        ));
+    };
+    if d.len() != rows {
+        return Err(Error::invalid(
+            Subject::tensor(view.name),
+            format!("{} fold divisors for {rows} rows", d.len()),
+        ));
+    }
+    let mut values = view.to_f32_vec()?;
+    Rescale {
+        columns: None,
+        rows: Some(d),
+    }
+    .apply(&mut values, view.numel() / rows.max(1));
+    let bytes = ty.encode(&values);
+    let mut back = vec![0f32; values.len()];
+    ty.decode(&bytes, &mut back);
+    if back.iter().any(|v| !v.is_finite()) {
+        return Err(Error::invalid(
+            Subject::tensor(view.name),
+            format!("the folded transform's scales take its values beyond {ty:?}"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Bytes and parameters of `checkpoint`'s tensors outside `quantized`, written as `others`
@@ -121,8 +207,8 @@ fn part_bytes(q: &QuantizedTensor, k: usize) -> Result<Vec<u8>> {
 }
 
 /// Writes `checkpoint`'s tensors to `path`, the weights named in `choices` quantized (from
-/// `model`'s float weights) and everything else as `others` says. Atomic: a temp file renamed
-/// at the end; nothing is left behind on error.
+/// `model`'s float weights) and everything else as `others` says, divided where `folded`
+/// says. Atomic: a temp file renamed at the end; nothing is left behind on error.
 ///
 /// Float tensors are copied straight from the memory map. A quantized weight is computed once
 /// when its first part is written and dropped after its last: safetensors lays data out by
@@ -135,6 +221,7 @@ pub fn write(
     choices: &BTreeMap<String, Choice<'_>>,
     provenance: &Provenance,
     others: Others,
+    folded: &Folded<'_>,
 ) -> Result<Written> {
     let linears: HashMap<&str, &crate::model::QLinear> = model
         .quantizable()
@@ -171,6 +258,7 @@ pub fn write(
                 shape: [rows, cols],
                 dtype: format!("{:?}", view.dtype),
                 input_quant: c.input_quant,
+                transform: c.transform,
             },
         );
     }
@@ -188,12 +276,13 @@ pub fn write(
         let Some(entry) = manifest.tensors.get(name) else {
             let (to, bytes) = others.plan(&view)?;
             other_bytes += bytes;
+            let divisors = folded.get(name).copied();
             tensors.push((
                 name.to_string(),
                 LazyTensor::try_new(
                     to.map_or(view.dtype, FloatType::dtype),
                     view.shape.to_vec(),
-                    move || encoded(&view, to),
+                    move || encoded(&view, to, divisors),
                 ),
             ));
             continue;
@@ -211,8 +300,9 @@ pub fn write(
                             Arc::new(linear.quantized(
                                 choice.format,
                                 choice.calibrator,
-                                choice.importance,
+                                choice.importance.as_deref(),
                                 choice.gptq,
+                                choice.rescale,
                             )?),
                             count,
                         ),
@@ -292,12 +382,18 @@ mod tests {
         let f16 = Others::Narrowed(FloatType::F16);
         let (to, size) = f16.plan(&norm).unwrap();
         assert_eq!((to.map(FloatType::dtype), size), (Some(Dtype::F16), 8));
-        let bytes = encoded(&norm, to).unwrap();
+        let bytes = encoded(&norm, to, None).unwrap();
         let mut back = [0f32; 4];
         FloatType::F16.decode(&bytes, &mut back);
         assert_eq!(back, [1.0, 0.5, -2.0, 3.25]);
         let huge = checkpoint.tensor("huge").unwrap();
         assert_eq!(f16.plan(&huge).unwrap(), (None, 8));
-        assert_eq!(encoded(&huge, None).unwrap(), huge.bytes);
+        assert_eq!(encoded(&huge, None, None).unwrap(), huge.bytes);
+        // A fold divides in the written type; one that overflows it is refused.
+        let halved = encoded(&norm, to, Some(&[2.0, 2.0, 2.0, 0.5])).unwrap();
+        FloatType::F16.decode(&halved, &mut back);
+        assert_eq!(back, [0.5, 0.25, -1.0, 6.5]);
+        let err = encoded(&norm, to, Some(&[1e-5, 1.0, 1.0, 1.0])).unwrap_err();
+        assert!(err.to_string().contains("beyond F16"), "{err}");
     }
 }

@@ -20,7 +20,7 @@ use crate::checkpoint::{Checkpoint, TensorView};
 use crate::error::{candle_message, Error, Result};
 use crate::gguf::layout::{gguf_name, permute_rows, permuted_heads};
 use crate::model::llama::LlamaConfig;
-use crate::quant::{Calibrator, Factor, Format, GgufType};
+use crate::quant::{Calibrator, Factor, Format, GgufType, Rescale};
 use candle_core::quantized::gguf_file::Value;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -66,12 +66,14 @@ struct Planned<'a> {
 /// How a chosen weight is quantized besides its block type.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
-    /// Per input column importance (mean x²).
-    pub importance: &'a [f32],
+    /// Per input column importance (mean x²) of the input as the stored weight reads it.
+    pub importance: Option<&'a [f32]>,
     /// `minmax`: llama.cpp's reference scales for the 32-blocks; otherwise qpipe's search.
     pub calibrator: Calibrator,
     /// The input's GPTQ factor, to round with GPTQ (32-blocks only).
     pub gptq: Option<&'a Factor>,
+    /// How the weight is rescaled before it is stored (a transform's fold).
+    pub rescale: Rescale<'a>,
 }
 
 /// The model hyper-parameters the metadata and the permutation need.
@@ -82,15 +84,17 @@ struct Hyper {
 
 /// Writes `checkpoint` as a GGUF file at `path` for llama.cpp, storing each tensor named in
 /// `types` (HF names) in that block type, quantized as `inputs` says for it (else llama.cpp's
-/// reference quantization), and every other tensor as F32.
+/// reference quantization), and every other tensor as F32, its first dimension divided where
+/// `folded` says.
 pub fn write(
     checkpoint: &Checkpoint,
     types: &HashMap<String, GgufType>,
     inputs: &HashMap<String, Input<'_>>,
+    folded: &BTreeMap<String, &[f32]>,
     path: &Path,
 ) -> Result<Written> {
     let hyper = hyper_parameters(checkpoint)?;
-    let plan = plan(checkpoint, &hyper, types, inputs)?;
+    let plan = plan(checkpoint, &hyper, types, inputs, folded)?;
     let n_vocab = plan
         .iter()
         .find(|p| p.gguf == "token_embd.weight")
@@ -141,7 +145,7 @@ pub fn write(
         let data_start = w.pos;
         for (p, offset) in plan.iter().zip(&offsets) {
             debug_assert_eq!(w.pos, data_start + offset);
-            w.tensor(p, inputs, head_dim)?;
+            w.tensor(p, inputs, folded, head_dim)?;
             w.pad()?;
         }
         size = w.pos;
@@ -208,10 +212,15 @@ fn plan<'a>(
     hyper: &Hyper,
     types: &HashMap<String, GgufType>,
     inputs: &HashMap<String, Input<'_>>,
+    folded: &BTreeMap<String, &[f32]>,
 ) -> Result<Vec<Planned<'a>>> {
     let weights = checkpoint.files().next().unwrap_or(checkpoint.dir());
     let c = &hyper.config;
-    let mut chosen: Vec<&String> = types.keys().chain(inputs.keys()).collect();
+    let mut chosen: Vec<&String> = types
+        .keys()
+        .chain(inputs.keys())
+        .chain(folded.keys())
+        .collect();
     chosen.sort();
     if let Some(name) = chosen.iter().find(|n| checkpoint.get(n).is_none()) {
         return Err(Error::invalid(
@@ -268,13 +277,25 @@ fn plan<'a>(
                 Error::invalid(view.file, format!("tensor '{name}' [{rows}, {cols}]: {m}"))
             })?;
         }
-        if let Some(imp) = inputs.get(name).map(|i| i.importance) {
-            if imp.len() != cols {
+        let input = inputs.get(name);
+        let lengths = [
+            ("importance values", input.and_then(|i| i.importance), cols),
+            ("column scales", input.and_then(|i| i.rescale.columns), cols),
+            (
+                "row divisors",
+                input.and_then(|i| i.rescale.rows),
+                view.shape[0],
+            ),
+            ("fold divisors", folded.get(name).copied(), view.shape[0]),
+        ];
+        for (what, v, want) in lengths {
+            if let Some(v) = v.filter(|v| v.len() != want) {
                 return Err(Error::invalid(
                     view.file,
                     format!(
-                        "tensor '{name}' has {cols} columns but {} importance values",
-                        imp.len()
+                        "tensor '{name}' {:?} takes {want} {what}, got {}",
+                        view.shape,
+                        v.len()
                     ),
                 ));
             }
@@ -524,10 +545,22 @@ impl Sink<'_> {
         &mut self,
         p: &Planned<'_>,
         inputs: &HashMap<String, Input<'_>>,
+        folded: &BTreeMap<String, &[f32]>,
         head_dim: usize,
     ) -> Result<()> {
         let name = p.view.name;
-        let values = p.view.to_f32_vec()?;
+        let mut values = p.view.to_f32_vec()?;
+        let input = inputs.get(name);
+        // Folds act in the checkpoint's layout, before Q/K rows are permuted.
+        let rescale = Rescale {
+            columns: input.and_then(|i| i.rescale.columns),
+            rows: input
+                .and_then(|i| i.rescale.rows)
+                .or_else(|| folded.get(name).copied()),
+        };
+        let first = p.view.shape.first().copied().unwrap_or(1).max(1);
+        let cols = values.len() / first;
+        rescale.apply(&mut values, cols);
         let values = match p.heads {
             Some(h) => permute_rows(&values, h, head_dim),
             None => values,
@@ -541,7 +574,6 @@ impl Sink<'_> {
                 }
             }
             Some(t) => {
-                let input = inputs.get(name);
                 let bad = |m: String| Error::invalid(p.view.file, format!("tensor '{name}': {m}"));
                 let q = crate::quant::gguf::quantize(
                     &values,
@@ -549,7 +581,7 @@ impl Sink<'_> {
                     p.cols,
                     t,
                     input.map_or(Calibrator::MinMax, |i| i.calibrator),
-                    input.map(|i| i.importance),
+                    input.and_then(|i| i.importance),
                     input.and_then(|i| i.gptq),
                 )
                 .map_err(bad)?;

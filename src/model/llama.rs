@@ -305,6 +305,48 @@ impl Llama {
         out
     }
 
+    /// Where input rescaling folds: per layer the attention norm into q/k/v, without grouped
+    /// queries v's rows into o (with them an o column would need one scale per query head), the
+    /// MLP norm into gate/up and up's rows into down (the gate's SiLU is not linear, the
+    /// product with up is); an untied LM head into the final norm. A tied head has none: its
+    /// columns are also the embedding rows.
+    pub fn folds(&self) -> Vec<super::Fold> {
+        let names = |ls: &[&QLinear]| ls.iter().map(|l| l.name().to_string()).collect();
+        let norm = |consumers: &[&QLinear], norm: String| super::Fold {
+            consumers: names(consumers),
+            producers: vec![norm],
+            producer_weight: None,
+        };
+        let rows = |consumer: &QLinear, producer: &QLinear| super::Fold {
+            consumers: names(&[consumer]),
+            producers: std::iter::once(producer.name().to_string())
+                .chain(producer.bias_name())
+                .collect(),
+            producer_weight: Some(producer.name().to_string()),
+        };
+        let gqa = self.config.kv_heads() != self.config.num_attention_heads;
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push(norm(
+                &[&l.q, &l.k, &l.v],
+                format!("{p}.input_layernorm.weight"),
+            ));
+            if !gqa {
+                out.push(rows(&l.o, &l.v));
+            }
+            out.push(norm(
+                &[&l.gate, &l.up],
+                format!("{p}.post_attention_layernorm.weight"),
+            ));
+            out.push(rows(&l.down, &l.up));
+        }
+        if let Some(h) = &self.lm_head {
+            out.push(norm(&[h], "model.norm.weight".to_string()));
+        }
+        out
+    }
+
     /// Every quantizable weight grouped by where its input is quantized: the groups of
     /// [`Self::linears_by_layer`] with the token embedding first in layer 0 or, tied, as the
     /// LM head in a last group.

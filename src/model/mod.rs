@@ -13,6 +13,21 @@ pub use qlinear::{ActivationObserver, Overrides, QLinear, Recorder, Swap, Usage,
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 
+/// Matmuls reading one input whose channels may be rescaled without changing what the float
+/// model computes: the producers divide channel `j` by `s_j` (a norm's weight, the rows and
+/// bias of the matmul that made the input) and the consumers' column `j` is multiplied by it
+/// (see [`crate::quant::transform`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fold {
+    /// Checkpoint names of the weights reading the input (their columns are scaled).
+    pub consumers: Vec<String>,
+    /// Checkpoint names of the tensors whose first dimension is divided.
+    pub producers: Vec<String>,
+    /// The quantizable weight among the producers, if any: its format must quantize a divided
+    /// row as the row's values divided ([`crate::quant::Format::row_scalable`]).
+    pub producer_weight: Option<String>,
+}
+
 /// A loaded model of a supported family.
 pub enum Model {
     /// Decoder-only causal LM.
@@ -77,6 +92,15 @@ impl Model {
         match self {
             Model::Llama(m) => m.quantizable_by_layer(),
             Model::Bert(m) => m.quantizable_by_layer(),
+        }
+    }
+
+    /// Where input rescaling folds, in forward order. BERT has none: its post-LN norms'
+    /// outputs are also the residual stream, and its output matmuls read GELU outputs.
+    pub fn folds(&self) -> Vec<Fold> {
+        match self {
+            Model::Llama(m) => m.folds(),
+            Model::Bert(_) => Vec::new(),
         }
     }
 

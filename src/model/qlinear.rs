@@ -7,7 +7,7 @@
 use crate::error::{Error, Result, Subject};
 use crate::quant::gguf::{self, GgufMatrix};
 use crate::quant::{
-    ActivationQuant, Calibrator, Factor, FloatType, Format, IntQuantized, QuantizedTensor,
+    ActivationQuant, Calibrator, Factor, FloatType, Format, IntQuantized, QuantizedTensor, Rescale,
 };
 use candle_core::{Module, Tensor};
 use std::sync::{Arc, RwLock};
@@ -58,6 +58,12 @@ pub trait Overrides: Sync {
 
     /// The input quantizer to use instead of `linear`'s own (`Some(None)`: float input).
     fn input_quant(&self, _linear: &str) -> Option<Option<ActivationQuant>> {
+        None
+    }
+
+    /// Per input channel, `1 / s` to multiply `linear`'s input by before it is quantized (a
+    /// rescaled weight reads a rescaled input, see [`crate::quant::transform`]).
+    fn input_scale(&self, _linear: &str) -> Option<&Tensor> {
         None
     }
 }
@@ -189,6 +195,16 @@ impl QLinear {
         &self.name
     }
 
+    /// The checkpoint name of the bias, if the layer has one.
+    pub fn bias_name(&self) -> Option<String> {
+        self.bias.as_ref().map(|_| {
+            format!(
+                "{}.bias",
+                self.name.strip_suffix(".weight").unwrap_or(&self.name)
+            )
+        })
+    }
+
     /// `(out_features, in_features)`.
     pub fn shape(&self) -> (usize, usize) {
         self.shape
@@ -229,19 +245,20 @@ impl QLinear {
         Ok(())
     }
 
-    /// The layer's float weight stored in `format` and read back (calibrated by `cal`,
-    /// optionally weighted by a per-input-channel `importance`, rounded by GPTQ with the
-    /// input's factor `gptq` or else to nearest): what a forward pass sees.
+    /// The layer's float weight, rescaled by `rescale`, stored in `format` and read back
+    /// (calibrated by `cal`, optionally weighted by a per-input-channel `importance`, rounded
+    /// by GPTQ with the input's factor `gptq` or else to nearest): what a forward pass sees.
     pub fn fake_weight(
         &self,
         format: Format,
         cal: Calibrator,
         importance: Option<&[f32]>,
         gptq: Option<&Factor>,
+        rescale: Rescale<'_>,
     ) -> Result<Tensor> {
         let (rows, cols) = self.shape();
         let fake = crate::quant::fake_quantize(
-            &self.float_values(format)?,
+            &self.rescaled_values(format, rescale)?,
             rows,
             cols,
             format,
@@ -262,10 +279,11 @@ impl QLinear {
         cal: Calibrator,
         importance: Option<&[f32]>,
         gptq: Option<&Factor>,
+        rescale: Rescale<'_>,
     ) -> Result<QuantizedTensor> {
         let (rows, cols) = self.shape();
         crate::quant::quantize(
-            &self.float_values(format)?,
+            &self.rescaled_values(format, rescale)?,
             rows,
             cols,
             format,
@@ -283,6 +301,13 @@ impl QLinear {
             .map_err(Error::compute(format!("{}: {format}", self.name)))
     }
 
+    /// [`Self::float_values`] rescaled.
+    fn rescaled_values(&self, format: Format, rescale: Rescale<'_>) -> Result<Vec<f32>> {
+        let mut values = self.float_values(format)?;
+        rescale.apply(&mut values, self.shape.1);
+        Ok(values)
+    }
+
     /// Makes the layer compute with [`Self::fake_weight`].
     pub fn fake_quantize(
         &self,
@@ -290,7 +315,7 @@ impl QLinear {
         cal: Calibrator,
         importance: Option<&[f32]>,
     ) -> Result<()> {
-        let t = self.fake_weight(format, cal, importance, None)?;
+        let t = self.fake_weight(format, cal, importance, None, Rescale::NONE)?;
         self.set_weight(WeightSource::Fake(format), t)
             .map_err(Error::compute(format!("{}: {format}", self.name)))
     }
@@ -363,7 +388,12 @@ impl QLinear {
         {
             obs.observe(&self.name, &x2)?;
         }
-        // Observers see the float input (calibration); the matmul sees the quantized one.
+        // Observers see the float input (calibration); the matmul sees the rescaled and
+        // quantized one.
+        let x2 = match overrides.and_then(|o| o.input_scale(&self.name)) {
+            Some(inv) => x2.broadcast_mul(inv)?,
+            None => x2,
+        };
         let quant = overrides
             .and_then(|o| o.input_quant(&self.name))
             .unwrap_or_else(|| self.input_quant());

@@ -10,18 +10,17 @@ use crate::checkpoint::Checkpoint;
 use crate::data::{Builtin, Text};
 use crate::error::{Error, Result};
 use crate::eval::{compare_all, Variant};
-use crate::export::{self, packed::Choice};
+use crate::export;
 use crate::hardware::{self, Cache, CostEstimate, CostModel, Rates, Target};
 use crate::model::Model;
 use crate::packed::{sha256_files, Packed, Provenance};
-use crate::quant::{Activation, Calibrator, Format, Rounding};
+use crate::quant::{Activation, Calibrator, Format, Rounding, Transform};
 use crate::reference::{batch, Baseline};
 use crate::search::fitness::Evaluator;
 use crate::search::genome::Space;
 use crate::search::target::TargetCosts;
 use crate::search::{self, Constraints, Outcome, Point, Settings, StateFile};
 use crate::sensitivity::{Options, Reuse};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -121,6 +120,9 @@ pub struct SearchPlan {
     pub calibrators: Vec<Calibrator>,
     /// Rounding methods the search may choose from (GPTQ where the format takes it).
     pub roundings: Vec<Rounding>,
+    /// Input transforms the search may choose from where the model folds them (empty: the
+    /// target's default, [`policy::transforms`]).
+    pub transforms: Vec<Transform>,
 }
 
 impl Default for SearchPlan {
@@ -132,6 +134,7 @@ impl Default for SearchPlan {
             formats: Vec::new(),
             calibrators: vec![Calibrator::Mse],
             roundings: Rounding::ALL.to_vec(),
+            transforms: Vec::new(),
         }
     }
 }
@@ -201,7 +204,8 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         activations.clone(),
     )?
     .with_activation_rule(|f, b| target.legality(&f, b).is_ok())
-    .with_roundings(plan.roundings.clone());
+    .with_roundings(plan.roundings.clone())
+    .with_transforms(&model, policy::transforms(&plan.transforms, &activations));
     // Every genome also pays for the tensors outside it, as the export will write them.
     let others = policy::others(&target);
     let names: Vec<&str> = space.slots.iter().map(|s| s.name.as_str()).collect();
@@ -359,24 +363,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         qpipe_version: env!("CARGO_PKG_VERSION").to_string(),
         command: request.command.clone(),
     };
-    let choices: BTreeMap<String, Choice<'_>> = space
-        .slots
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let gene = selected.genome.genes[i];
-            Ok((
-                s.name.clone(),
-                Choice {
-                    format: gene.format,
-                    calibrator: gene.calibrator,
-                    importance: Some(evaluator.importance(i)),
-                    gptq: evaluator.factor(i, gene.rounding)?,
-                    input_quant: evaluator.input_quant(&selected.genome, i),
-                },
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let (choices, folded) = export::packed::choices(&evaluator, &selected.genome)?;
     let packed_path = out.packed();
     let written = export::packed::write(
         &packed_path,
@@ -385,10 +372,16 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         &choices,
         &provenance,
         others,
+        &folded,
     )?;
     out.copy_side_files(&checkpoint)?;
     let gguf = if policy::writes_gguf(&target) {
-        Some(export::gguf::write(&checkpoint, &choices, &out.gguf())?)
+        Some(export::gguf::write(
+            &checkpoint,
+            &choices,
+            &folded,
+            &out.gguf(),
+        )?)
     } else {
         None
     };

@@ -9,7 +9,7 @@ use crate::export::packed::Others;
 use crate::hardware::profile::Backend;
 use crate::hardware::Target;
 use crate::model::{Model, Usage};
-use crate::quant::{Activation, Format};
+use crate::quant::{Activation, Format, Transform};
 use crate::search::fitness::Evaluator;
 use crate::search::{Constraints, Origin, Outcome, Point};
 use serde::Serialize;
@@ -71,6 +71,28 @@ pub fn activations(target: &Target, asked: &[Format]) -> Vec<Activation> {
                 .any(|f| target.legality(f, *b).is_ok())
         })
         .collect()
+}
+
+/// The input transforms the search offers unless the user names them: SmoothQuant at alpha
+/// 0.5 and 0.8 where layers may quantize their inputs to 8 bits, none elsewhere. On SmolLM2's
+/// six heaviest-tailed down_proj inputs alone at A8, smooth0.8 cut the held-out KL 2-100x and
+/// smooth0.5 1.6-7x (tests/suite/transform.rs, ignored test). With A16 or float activations,
+/// neither AWQ nor SmoothQuant at alpha 0.5 beat plain rounding after the importance-weighted
+/// mse clip search in models/tiny's Lagrangian seeds, so there they are offered on request
+/// (`--transform`).
+pub fn transforms(asked: &[Transform], activations: &[Activation]) -> Vec<Transform> {
+    if !asked.is_empty() {
+        return asked.to_vec();
+    }
+    if activations.contains(&Activation::A8) {
+        vec![
+            Transform::None,
+            Transform::Smooth(50),
+            Transform::Smooth(80),
+        ]
+    } else {
+        vec![Transform::None]
+    }
 }
 
 /// The candidate formats: the user's (each must be legal with some activation option), or the

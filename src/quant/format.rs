@@ -261,6 +261,18 @@ impl Format {
     pub fn bits_per_weight(&self, rows: usize, cols: usize) -> f64 {
         self.storage_bytes(rows, cols) as f64 * 8.0 / (rows * cols) as f64
     }
+
+    /// Whether dividing a row by a constant before quantizing divides its stored values by the
+    /// same constant (up to float rounding of the scales): every scale belongs to one row and
+    /// may take any value. Not so for a per-tensor scale, nor for power-of-two scales.
+    pub fn row_scalable(&self) -> bool {
+        match self {
+            Format::Int(f) => {
+                f.granularity != Granularity::Tensor && f.scheme != Scheme::PowerOfTwo
+            }
+            Format::Gguf(_) | Format::Float(_) => true,
+        }
+    }
 }
 
 impl fmt::Display for Format {

@@ -13,6 +13,7 @@ pub mod gptq;
 pub mod histogram;
 pub mod int;
 pub mod quantizer;
+pub mod transform;
 
 pub use activation::{Activation, ActivationQuant};
 
@@ -44,6 +45,7 @@ pub use gptq::{Factor, Hessian};
 pub use histogram::Histogram;
 pub use int::IntQuantized;
 pub use quantizer::{Quantizer, ScaleRounding};
+pub use transform::{Rescale, Transform};
 
 /// A weight matrix stored in some format.
 pub enum QuantizedTensor {

@@ -15,7 +15,9 @@ use super::genome::{Gene, Genome, Space};
 use crate::calib::{Factors, Stats};
 use crate::error::{Error, Result, Subject};
 use crate::model::{Model, Overrides};
-use crate::quant::{Activation, ActivationQuant, Calibrator, Factor, Format, Rounding, Symmetry};
+use crate::quant::{
+    Activation, ActivationQuant, Calibrator, Factor, Format, Rescale, Rounding, Symmetry, Transform,
+};
 use crate::reference::{layers, Baseline};
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -42,11 +44,34 @@ pub struct Evaluator<'a> {
     gptq: Vec<Option<Arc<Factor>>>,
     /// Per tensor, the quantizer of its input per quantized activation format.
     activation: Vec<HashMap<Activation, ActivationQuant>>,
+    /// Per fold and offered transform, the rescaling of its input.
+    scales: HashMap<(usize, Transform), FoldScale>,
     weights: Mutex<TensorCache<(usize, Gene)>>,
     losses: Mutex<HashMap<u64, f64>>,
     prefixes: Mutex<TensorCache<(usize, u64)>>,
     requests: AtomicU64,
     hits: AtomicU64,
+}
+
+/// The divisors a genome's transforms fold into their inputs' producers.
+#[derive(Debug, Default)]
+pub struct FoldDivisors<'a> {
+    /// Per producing weight (slot index), the divisors of its rows.
+    pub rows: HashMap<usize, &'a [f32]>,
+    /// Per other producing tensor (a norm's weight, a bias) by name, the divisors of its first
+    /// dimension.
+    pub others: std::collections::BTreeMap<String, &'a [f32]>,
+}
+
+/// A fold's input rescaled by one transform.
+struct FoldScale {
+    /// Per channel, `s`: the consumers' columns are multiplied by it.
+    scales: Vec<f32>,
+    /// `1 / s` as a tensor, to multiply the input by.
+    inverse: Tensor,
+    /// The quantizer of the rescaled input per quantized activation format: min/max over the
+    /// channels' extremes divided by `s` (the histogram is of the unscaled input).
+    activation: HashMap<Activation, ActivationQuant>,
 }
 
 /// Counters of an evaluator's work.
@@ -103,6 +128,7 @@ impl<K: std::hash::Hash + Eq + Copy> TensorCache<K> {
 pub struct GenomeOverrides<'g> {
     weights: HashMap<&'g str, (Tensor, Format)>,
     quants: HashMap<&'g str, Option<ActivationQuant>>,
+    inverse_scales: HashMap<&'g str, Tensor>,
 }
 
 impl Overrides for GenomeOverrides<'_> {
@@ -112,6 +138,10 @@ impl Overrides for GenomeOverrides<'_> {
 
     fn input_quant(&self, linear: &str) -> Option<Option<ActivationQuant>> {
         self.quants.get(linear).copied()
+    }
+
+    fn input_scale(&self, linear: &str) -> Option<&Tensor> {
+        self.inverse_scales.get(linear)
     }
 }
 
@@ -160,6 +190,15 @@ impl<'a> Evaluator<'a> {
             }
             activation.push(quants);
         }
+        let mut scales = HashMap::new();
+        for (k, fold) in space.folds.iter().enumerate() {
+            for &t in &space.transforms {
+                let Some(s) = stats.fold_scales(model, &fold.fold, t)? else {
+                    continue;
+                };
+                scales.insert((k, t), fold_scale(s, stats, &fold.fold, space)?);
+            }
+        }
         Ok(Evaluator {
             model,
             space,
@@ -168,6 +207,7 @@ impl<'a> Evaluator<'a> {
             importance,
             gptq: vec![None; space.slots.len()],
             activation,
+            scales,
             weights: Mutex::new(TensorCache::new(weight_cache)),
             losses: Mutex::new(HashMap::new()),
             prefixes: Mutex::new(TensorCache::new(prefix_cache)),
@@ -245,7 +285,56 @@ impl<'a> Evaluator<'a> {
     /// The quantizer of tensor `i`'s input under `g` (`None`: float input).
     pub fn input_quant(&self, g: &Genome, i: usize) -> Option<ActivationQuant> {
         let layer = self.space.slots[i].layer;
-        self.activation[i].get(&g.activations[layer]).copied()
+        let quants = match self.fold_scale(i, g.genes[i].transform) {
+            Some(f) => &f.activation,
+            None => &self.activation[i],
+        };
+        quants.get(&g.activations[layer]).copied()
+    }
+
+    /// The scales `transform` gives tensor `i`'s input (`None`: not rescaled).
+    pub fn scales(&self, i: usize, transform: Transform) -> Option<&[f32]> {
+        self.fold_scale(i, transform).map(|f| f.scales.as_slice())
+    }
+
+    /// Per input column of tensor `i` under `transform`, the importance its calibrator weighs
+    /// by: that of the rescaled input, mean (x / s)².
+    pub fn scaled_importance(&self, i: usize, transform: Transform) -> std::borrow::Cow<'_, [f32]> {
+        match self.scales(i, transform) {
+            Some(s) => self.importance[i]
+                .iter()
+                .zip(s)
+                .map(|(m, s)| m / (s * s))
+                .collect(),
+            None => std::borrow::Cow::Borrowed(&self.importance[i]),
+        }
+    }
+
+    /// Where `g`'s transforms fold.
+    pub fn fold_divisors(&self, g: &Genome) -> FoldDivisors<'_> {
+        let mut d = FoldDivisors::default();
+        for f in &self.space.folds {
+            let first = f.consumers[0];
+            let Some(s) = self.scales(first, g.genes[first].transform) else {
+                continue;
+            };
+            for name in &f.fold.producers {
+                match f.producer.filter(|&p| &self.space.slots[p].name == name) {
+                    Some(p) => {
+                        d.rows.insert(p, s);
+                    }
+                    None => {
+                        d.others.insert(name.clone(), s);
+                    }
+                }
+            }
+        }
+        d
+    }
+
+    fn fold_scale(&self, i: usize, transform: Transform) -> Option<&FoldScale> {
+        let k = self.space.slots[i].fold?;
+        self.scales.get(&(k, transform))
     }
 
     /// Known losses (for saving the search state).
@@ -318,11 +407,19 @@ impl<'a> Evaluator<'a> {
             .map_err(|m| Error::invalid(Subject::other("genome"), m))?;
         let mut weights = HashMap::new();
         let mut quants = HashMap::new();
+        let mut inverse_scales = HashMap::new();
         for (i, (slot, gene)) in self.space.slots.iter().zip(&g.genes).enumerate() {
             weights.insert(slot.name.as_str(), (self.weight(i, *gene)?, gene.format));
             quants.insert(slot.name.as_str(), self.input_quant(g, i));
+            if let Some(f) = self.fold_scale(i, gene.transform) {
+                inverse_scales.insert(slot.name.as_str(), f.inverse.clone());
+            }
         }
-        Ok(GenomeOverrides { weights, quants })
+        Ok(GenomeOverrides {
+            weights,
+            quants,
+            inverse_scales,
+        })
     }
 
     /// The fake-quantized weight of slot `i` for `gene`, built once.
@@ -339,15 +436,53 @@ impl<'a> Evaluator<'a> {
             .ok_or_else(|| {
                 Error::invalid(Subject::tensor(&slot.name), "not a layer of the model")
             })?;
+        let rescale = Rescale {
+            columns: self.scales(i, gene.transform),
+            rows: None,
+        };
         let t = linear.fake_weight(
             gene.format,
             gene.calibrator,
-            Some(&self.importance[i]),
+            Some(&self.scaled_importance(i, gene.transform)),
             self.factor(i, gene.rounding)?,
+            rescale,
         )?;
         lock(&self.weights).put((i, gene), &t);
         Ok(t)
     }
+}
+
+/// The rescaling by `scales` of `fold`'s input, with its activation quantizers for the
+/// space's quantized activation formats.
+fn fold_scale(
+    scales: Vec<f32>,
+    stats: &Stats,
+    fold: &crate::model::Fold,
+    space: &Space,
+) -> Result<FoldScale> {
+    let name = &fold.consumers[0];
+    let bad = |m: String| Error::invalid(Subject::tensor(name), m);
+    let s = stats
+        .linear(name)
+        .ok_or_else(|| bad("no calibration statistics".into()))?;
+    let (lo, hi) = s.scaled_range(&scales);
+    let mut activation = HashMap::new();
+    for &a in &space.activations {
+        if let Some(bits) = a.bits() {
+            activation.insert(
+                a,
+                ActivationQuant::new(bits, Symmetry::Asymmetric, lo, hi).map_err(bad)?,
+            );
+        }
+    }
+    let inverse: Vec<f32> = scales.iter().map(|s| 1.0 / s).collect();
+    let inverse = Tensor::new(inverse, &candle_core::Device::Cpu)
+        .map_err(Error::compute(format!("{name}: input scales")))?;
+    Ok(FoldScale {
+        scales,
+        inverse,
+        activation,
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

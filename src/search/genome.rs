@@ -5,7 +5,7 @@
 use crate::error::{Error, Result, Subject};
 use crate::hardware::{Assignment, MatmulShape};
 use crate::model::{Model, Usage};
-use crate::quant::{activation, Activation, Calibrator, Format, Rounding};
+use crate::quant::{activation, Activation, Calibrator, Format, Rounding, Transform};
 use serde::{Deserialize, Serialize};
 
 /// One tensor's choice.
@@ -24,6 +24,14 @@ pub struct Gene {
         with = "crate::quant::by_name"
     )]
     pub rounding: Rounding,
+    /// How its input channels are rescaled first (`none` when absent); the same for every
+    /// tensor reading one input ([`FoldSlot`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Transform::is_none",
+        with = "crate::quant::by_name"
+    )]
+    pub transform: Transform,
 }
 
 /// A whole-model quantization: one gene per tensor (forward order) and per layer the
@@ -69,8 +77,12 @@ impl Genome {
                 Rounding::Nearest => String::new(),
                 r => format!("/{r}"),
             };
+            let transform = match g.transform {
+                Transform::None => String::new(),
+                t => format!("/{t}"),
+            };
             h = fnv(
-                format!("{}/{}{rounding};", g.format, g.calibrator).into_bytes(),
+                format!("{}/{}{rounding}{transform};", g.format, g.calibrator).into_bytes(),
                 h,
             );
         }
@@ -96,6 +108,20 @@ pub struct Slot {
     pub usage: Usage,
     /// Legal formats, fewest bytes first.
     pub formats: Vec<Format>,
+    /// The fold its input belongs to (an index into [`Space::folds`]), if it has one.
+    pub fold: Option<usize>,
+}
+
+/// A [`Fold`](crate::model::Fold) of the model in slot terms: the tensors reading one input,
+/// which share a transform, and the quantizable weight producing it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldSlot {
+    /// The consumers' slots.
+    pub consumers: Vec<usize>,
+    /// The producing weight's slot, whose format must be row-scalable under a transform.
+    pub producer: Option<usize>,
+    /// The model's fold.
+    pub fold: crate::model::Fold,
 }
 
 impl Slot {
@@ -145,6 +171,10 @@ pub struct Space {
     pub calibrators: Vec<Calibrator>,
     /// Rounding methods to choose from (to nearest unless [`Space::with_roundings`]).
     pub roundings: Vec<Rounding>,
+    /// Input transforms to choose from (`none` unless [`Space::with_transforms`]).
+    pub transforms: Vec<Transform>,
+    /// Where transforms fold (none unless [`Space::with_transforms`]).
+    pub folds: Vec<FoldSlot>,
     /// Activation options per layer.
     pub activations: Vec<Activation>,
     /// Number of layers genomes give activations to.
@@ -244,6 +274,7 @@ impl Space {
                     shape: [rows, cols],
                     usage: l.usage(),
                     formats: ok,
+                    fold: None,
                 });
             }
         }
@@ -257,6 +288,8 @@ impl Space {
             slots,
             calibrators,
             roundings: vec![Rounding::Nearest],
+            transforms: vec![Transform::None],
+            folds: Vec::new(),
             activations,
             layers: groups.len(),
             activation_rule: std::collections::HashMap::new(),
@@ -270,6 +303,89 @@ impl Space {
             self.roundings = roundings;
         }
         self
+    }
+
+    /// Lets genes choose among `transforms` where `model`'s folds allow them (a fold whose
+    /// tensors are not all in the space is left out).
+    pub fn with_transforms(mut self, model: &Model, transforms: Vec<Transform>) -> Space {
+        if transforms.iter().all(Transform::is_none) {
+            return self;
+        }
+        let index = |name: &str| self.slots.iter().position(|s| s.name == name);
+        let folds: Vec<FoldSlot> = model
+            .folds()
+            .into_iter()
+            .filter_map(|fold| {
+                let consumers = fold
+                    .consumers
+                    .iter()
+                    .map(|c| index(c))
+                    .collect::<Option<Vec<_>>>()?;
+                let producer = match &fold.producer_weight {
+                    Some(p) => Some(index(p)?),
+                    None => None,
+                };
+                Some(FoldSlot {
+                    consumers,
+                    producer,
+                    fold,
+                })
+            })
+            .collect();
+        for (k, f) in folds.iter().enumerate() {
+            for &c in &f.consumers {
+                self.slots[c].fold = Some(k);
+            }
+        }
+        self.folds = folds;
+        let mut transforms = transforms;
+        if !transforms.contains(&Transform::None) {
+            transforms.insert(0, Transform::None);
+        }
+        self.transforms = transforms;
+        self
+    }
+
+    /// Whether fold `k`'s tensors may take `transform` in `g`: `none` always; another if
+    /// offered, with every consumer rounded to nearest (GPTQ's factors are of the unscaled
+    /// input) and the producing weight in a row-scalable format.
+    pub fn transform_legal(&self, g: &Genome, k: usize, transform: Transform) -> bool {
+        let f = &self.folds[k];
+        transform.is_none()
+            || (self.transforms.contains(&transform)
+                && f.consumers
+                    .iter()
+                    .all(|&c| g.genes[c].rounding == Rounding::Nearest)
+                && f.producer.is_none_or(|p| g.genes[p].format.row_scalable()))
+    }
+
+    /// `g` with every fold's consumers sharing its first consumer's transform where that is
+    /// legal, else none: what a mutation or crossover leaves becomes a legal genome.
+    pub fn settled(&self, mut g: Genome) -> Genome {
+        for (k, f) in self.folds.iter().enumerate() {
+            let t = g.genes[f.consumers[0]].transform;
+            let t = if self.transform_legal(&g, k, t) {
+                t
+            } else {
+                Transform::None
+            };
+            for &c in &f.consumers {
+                g.genes[c].transform = t;
+            }
+        }
+        g
+    }
+
+    /// `g` with fold `k` transformed by `t` (its consumers rounded to nearest, as a transform
+    /// needs), settled.
+    pub fn transformed(&self, mut g: Genome, k: usize, t: Transform) -> Genome {
+        for &c in &self.folds[k].consumers {
+            if !t.is_none() {
+                g.genes[c].rounding = Rounding::Nearest;
+            }
+            g.genes[c].transform = t;
+        }
+        self.settled(g)
     }
 
     /// Counts `rest` (the model's other stored tensors) in every genome's size.
@@ -374,6 +490,7 @@ impl Space {
                     format,
                     calibrator,
                     rounding: s.rounding_for(self, format, rounding),
+                    transform: Transform::None,
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -408,6 +525,28 @@ impl Space {
                 return Err(format!(
                     "{}: rounding {} is not allowed with {}",
                     s.name, gene.rounding, gene.format
+                ));
+            }
+            if s.fold.is_none() && !gene.transform.is_none() {
+                return Err(format!(
+                    "{}: transform {} has nowhere to fold",
+                    s.name, gene.transform
+                ));
+            }
+        }
+        for (k, f) in self.folds.iter().enumerate() {
+            let t = g.genes[f.consumers[0]].transform;
+            if let Some(&c) = f.consumers.iter().find(|&&c| g.genes[c].transform != t) {
+                return Err(format!(
+                    "{}: transform {} differs from {}'s {t}, which reads the same input",
+                    self.slots[c].name, g.genes[c].transform, self.slots[f.consumers[0]].name
+                ));
+            }
+            if !self.transform_legal(g, k, t) {
+                return Err(format!(
+                    "{}: transform {t} is not allowed here (GPTQ rounding, a producer format \
+                     that cannot take divided rows, or not offered)",
+                    self.slots[f.consumers[0]].name
                 ));
             }
         }
@@ -461,6 +600,7 @@ mod tests {
             format: f.parse().unwrap(),
             calibrator: Calibrator::Mse,
             rounding: Rounding::Nearest,
+            transform: Transform::None,
         }
     }
 
@@ -520,6 +660,7 @@ mod tests {
             shape: [64, 64],
             usage,
             formats: formats.iter().map(|s| f(s)).collect(),
+            fold: None,
         };
         let space = Space {
             slots: vec![
@@ -534,6 +675,8 @@ mod tests {
             ],
             calibrators: vec![Calibrator::Mse],
             roundings: Rounding::ALL.to_vec(),
+            transforms: vec![Transform::None],
+            folds: Vec::new(),
             activations: vec![Activation::Float],
             layers: 2,
             activation_rule: std::collections::HashMap::new(),

@@ -100,7 +100,8 @@ impl Guide {
     }
 
     /// A child of `g`: mostly a [`Self::step`] (`direction` as there); now and then the
-    /// calibrator or rounding of a tensor or a layer's activations change instead.
+    /// calibrator or rounding of a tensor, a layer's activations or a fold's transform change
+    /// instead.
     pub(super) fn mutate(
         &self,
         g: &Genome,
@@ -141,7 +142,12 @@ impl Guide {
             let i = rng.random_range(0..space.slots.len());
             let r = space.roundings[rng.random_range(0..space.roundings.len())];
             child.genes[i].rounding = space.slots[i].rounding_for(space, child.genes[i].format, r);
-            return child;
+            return space.settled(child);
+        }
+        if (0.3..0.4).contains(&roll) && space.transforms.len() > 1 && !space.folds.is_empty() {
+            let k = rng.random_range(0..space.folds.len());
+            let t = space.transforms[rng.random_range(0..space.transforms.len())];
+            return space.transformed(child, k, t);
         }
         self.step(&child, space, direction, rng)
     }
@@ -205,7 +211,8 @@ impl Guide {
         let rounding = space.slots[i].rounding_for(space, f, child.genes[i].rounding);
         child.genes[i].format = f;
         child.genes[i].rounding = rounding;
-        child
+        // A producer moved to a format that cannot take divided rows drops its fold's transform.
+        space.settled(child)
     }
 
     /// `child` with up to [`REPAIR_STEPS`] down-moves while it is over the size limit: it gives

@@ -1,11 +1,30 @@
 //! Where an evaluated genome came from: a uniform seed, a Lagrangian seed or evolution. Written
-//! by name (`uniform int4-g32-sym a8`, `lagrangian 4.50 bpw`, `evolved`) in `qpipe.json`,
-//! search state files and reports.
+//! by name (`uniform int4-g32-sym a8`, `lagrangian 4.50 bpw gptq`, `uniform q4_0 smooth0.5`,
+//! `evolved`) in `qpipe.json`, search state files and reports.
 
-use crate::quant::{Activation, Format, Rounding};
+use crate::quant::{Activation, Format, Rounding, Transform};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
+
+/// How a seed's tensors are rounded and their inputs transformed (where each applies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Method {
+    /// The rounding.
+    pub rounding: Rounding,
+    /// The input transform.
+    pub transform: Transform,
+}
+
+impl Method {
+    /// Rounding `rounding`, no transform.
+    pub fn rounded(rounding: Rounding) -> Method {
+        Method {
+            rounding,
+            transform: Transform::None,
+        }
+    }
+}
 
 /// Where a genome came from.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -14,8 +33,8 @@ pub enum Origin {
     Uniform {
         /// The format.
         format: Format,
-        /// The rounding of every tensor it applies to.
-        rounding: Rounding,
+        /// The rounding and transform of every tensor they apply to.
+        method: Method,
         /// The activations.
         activation: Activation,
     },
@@ -23,8 +42,8 @@ pub enum Origin {
     Lagrangian {
         /// The budget in bits per weight, to the two decimals it is named with.
         bpw: f64,
-        /// The rounding of every tensor it applies to.
-        rounding: Rounding,
+        /// The rounding and transform of every tensor they apply to.
+        method: Method,
         /// The activations of every layer.
         activation: Activation,
     },
@@ -35,11 +54,11 @@ pub enum Origin {
 impl Origin {
     /// The Lagrangian allocation within `bpw`, its budget rounded to the two decimals it is
     /// named with, so that an origin read back from a state file equals the one written.
-    pub fn lagrangian(bpw: f64, rounding: Rounding, activation: Activation) -> Origin {
+    pub fn lagrangian(bpw: f64, method: Method, activation: Activation) -> Origin {
         let named = format!("{bpw:.2}").parse().unwrap_or(bpw);
         Origin::Lagrangian {
             bpw: named,
-            rounding,
+            method,
             activation,
         }
     }
@@ -50,14 +69,17 @@ impl Origin {
     }
 }
 
-/// ` gptq` (nothing for rounding to nearest), then ` a8` / ` a16` (nothing for float
-/// activations) after a seed's name.
-struct Suffix(Rounding, Activation);
+/// ` gptq` (nothing for rounding to nearest), ` awq0.5` (nothing without a transform), then
+/// ` a8` / ` a16` (nothing for float activations) after a seed's name.
+struct Suffix(Method, Activation);
 
 impl fmt::Display for Suffix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 != Rounding::Nearest {
-            write!(f, " {}", self.0)?;
+        if self.0.rounding != Rounding::Nearest {
+            write!(f, " {}", self.0.rounding)?;
+        }
+        if !self.0.transform.is_none() {
+            write!(f, " {}", self.0.transform)?;
         }
         match self.1 {
             Activation::Float => Ok(()),
@@ -71,18 +93,14 @@ impl fmt::Display for Origin {
         match self {
             Origin::Uniform {
                 format,
-                rounding,
+                method,
                 activation,
-            } => write!(f, "uniform {format}{}", Suffix(*rounding, *activation)),
+            } => write!(f, "uniform {format}{}", Suffix(*method, *activation)),
             Origin::Lagrangian {
                 bpw,
-                rounding,
+                method,
                 activation,
-            } => write!(
-                f,
-                "lagrangian {bpw:.2} bpw{}",
-                Suffix(*rounding, *activation)
-            ),
+            } => write!(f, "lagrangian {bpw:.2} bpw{}", Suffix(*method, *activation)),
             Origin::Evolved => f.write_str("evolved"),
         }
     }
@@ -100,30 +118,40 @@ impl FromStr for Origin {
             [a] if *a != Activation::Float.name() => a.parse().map_err(|_| bad()),
             _ => Err(bad()),
         };
-        // An optional rounding word other than the default, then the activation.
-        let suffix = |rest: &[&str]| -> Result<(Rounding, Activation), String> {
-            match rest.split_first() {
-                Some((r, tail)) if *r == Rounding::Gptq.to_string() => {
-                    Ok((Rounding::Gptq, activation(tail)?))
+        // An optional rounding word other than the default, an optional transform other than
+        // none, then the activation.
+        let suffix = |rest: &[&str]| -> Result<(Method, Activation), String> {
+            let (rounding, rest) = match rest.split_first() {
+                Some((r, tail)) if *r == Rounding::Gptq.to_string() => (Rounding::Gptq, tail),
+                _ => (Rounding::Nearest, rest),
+            };
+            let (transform, rest) = match rest.split_first() {
+                Some((t, tail)) if t.starts_with("awq") || t.starts_with("smooth") => {
+                    (t.parse().map_err(|_| bad())?, tail)
                 }
-                _ => Ok((Rounding::Nearest, activation(rest)?)),
-            }
+                _ => (Transform::None, rest),
+            };
+            let method = Method {
+                rounding,
+                transform,
+            };
+            Ok((method, activation(rest)?))
         };
         match words.as_slice() {
             ["evolved"] => Ok(Origin::Evolved),
             ["uniform", format, rest @ ..] => {
-                let (rounding, activation) = suffix(rest)?;
+                let (method, activation) = suffix(rest)?;
                 Ok(Origin::Uniform {
                     format: format.parse().map_err(|_| bad())?,
-                    rounding,
+                    method,
                     activation,
                 })
             }
             ["lagrangian", bpw, "bpw", rest @ ..] => {
-                let (rounding, activation) = suffix(rest)?;
+                let (method, activation) = suffix(rest)?;
                 Ok(Origin::Lagrangian {
                     bpw: bpw.parse().map_err(|_| bad())?,
-                    rounding,
+                    method,
                     activation,
                 })
             }
@@ -159,6 +187,8 @@ mod tests {
             "lagrangian 4.50 bpw gptq a8",
             "lagrangian 4.50 bpw a8",
             "lagrangian 7.39 bpw",
+            "lagrangian 4.50 bpw smooth0.5 a8",
+            "uniform q4_0 awq0.25",
             "evolved",
         ] {
             let origin: Origin = name.parse().unwrap();
@@ -167,7 +197,7 @@ mod tests {
             assert_eq!(json, format!("\"{name}\""));
             assert_eq!(serde_json::from_str::<Origin>(&json).unwrap(), origin);
         }
-        let seed = Origin::lagrangian(4.499999, Rounding::Nearest, Activation::A16);
+        let seed = Origin::lagrangian(4.499999, Method::default(), Activation::A16);
         assert_eq!(seed.to_string(), "lagrangian 4.50 bpw a16");
         assert_eq!(seed.to_string().parse::<Origin>().unwrap(), seed);
         assert!(seed.is_seed() && !Origin::Evolved.is_seed());
@@ -178,6 +208,8 @@ mod tests {
             "lagrangian 4.50",
             "lagrangian x bpw",
             "evolved a8",
+            "uniform q4_0 awq2",
+            "uniform q4_0 a8 gptq",
             "",
         ] {
             assert!(bad.parse::<Origin>().is_err(), "{bad}");

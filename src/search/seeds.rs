@@ -3,27 +3,44 @@
 
 use super::genome::{Gene, Genome, Space};
 use super::guide::Guide;
+use super::origin::Method;
 use super::{Origin, Settings};
-use crate::quant::{Activation, Calibrator, Format, Rounding};
+use crate::quant::{Activation, Calibrator, Format, Rounding, Transform};
 
 /// Every uniform legal format with each rounding method (the first calibrator, the first
 /// activation option it may run with), then, per activation option, Lagrangian allocations
 /// from the sensitivity at budgets spread between the smallest and the largest uniform size,
-/// plus the `max_bpw` limit; each allocation also with every other rounding method.
+/// plus the `max_bpw` limit; each allocation also with every other method (each rounding; each
+/// transform, rounded to nearest).
 pub(super) fn seed_genomes(
     space: &Space,
     guide: &Guide,
     settings: &Settings,
 ) -> Vec<(Origin, Genome)> {
     let calibrator = space.calibrators[0];
+    let methods: Vec<Method> = space
+        .roundings
+        .iter()
+        .map(|&r| Method::rounded(r))
+        .chain(
+            space
+                .transforms
+                .iter()
+                .filter(|t| !t.is_none() && !space.folds.is_empty())
+                .map(|&transform| Method {
+                    rounding: Rounding::Nearest,
+                    transform,
+                }),
+        )
+        .collect();
     // Formats every matmul may take (an embedding table that may not is given its nearest).
     let matmuls = || space.slots.iter().filter(|s| !s.usage.gathers());
     let mut formats: Vec<_> = matmuls().next().map_or(Vec::new(), |s| s.formats.clone());
     formats.retain(|f| matmuls().all(|s| s.formats.contains(f)));
     let mut seeds: Vec<(Origin, Genome)> = Vec::new();
-    for &rounding in &space.roundings {
+    for &method in methods.iter().filter(|m| m.transform.is_none()) {
         for &f in &formats {
-            if !rounding.applies_to(f) {
+            if !method.rounding.applies_to(f) {
                 continue;
             }
             let Some(&activation) = space.activations.iter().find(|a| space.pair_legal(f, **a))
@@ -32,11 +49,11 @@ pub(super) fn seed_genomes(
             };
             let origin = Origin::Uniform {
                 format: f,
-                rounding,
+                method,
                 activation,
             };
-            if let Some(g) = space.uniform(f, calibrator, rounding, activation) {
-                seeds.push((origin, g));
+            if let Some(g) = space.uniform(f, calibrator, method.rounding, activation) {
+                seeds.push((origin, with_method(space, g, method)));
             }
         }
     }
@@ -45,18 +62,6 @@ pub(super) fn seed_genomes(
             .iter()
             .map(|(_, g)| space.bits_per_weight(g))
             .collect();
-        let rounded = |g: &Genome, r| Genome {
-            genes: space
-                .slots
-                .iter()
-                .zip(&g.genes)
-                .map(|(s, gene)| Gene {
-                    rounding: s.rounding_for(space, gene.format, r),
-                    ..*gene
-                })
-                .collect(),
-            activations: g.activations.clone(),
-        };
         let (lo, hi) = sizes.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &b| {
             (lo.min(b), hi.max(b))
         });
@@ -78,16 +83,40 @@ pub(super) fn seed_genomes(
                 if space.bits_per_weight(&g) > bpw + 1e-9 {
                     continue;
                 }
-                for &r in &space.roundings {
-                    let g = rounded(&g, r);
+                for &m in &methods {
+                    let g = with_method(space, g.clone(), m);
                     if !seeds.iter().any(|(_, s)| *s == g) {
-                        seeds.push((Origin::lagrangian(bpw, r, activation), g));
+                        seeds.push((Origin::lagrangian(bpw, m, activation), g));
                     }
                 }
             }
         }
     }
     seeds
+}
+
+/// `g` with every tensor rounded by `method`'s rounding where it applies (else the fallback)
+/// and every fold transformed by its transform where legal.
+fn with_method(space: &Space, g: Genome, method: Method) -> Genome {
+    let mut g = Genome {
+        genes: space
+            .slots
+            .iter()
+            .zip(&g.genes)
+            .map(|(s, gene)| Gene {
+                rounding: s.rounding_for(space, gene.format, method.rounding),
+                transform: Transform::None,
+                ..*gene
+            })
+            .collect(),
+        activations: g.activations,
+    };
+    if !method.transform.is_none() {
+        for k in 0..space.folds.len() {
+            g = space.transformed(g, k, method.transform);
+        }
+    }
+    g
 }
 
 /// Per tensor, the format (among those that run with `activation` inputs) minimising
@@ -132,6 +161,7 @@ fn lagrangian(
                     format,
                     calibrator,
                     rounding: space.slots[i].rounding_for(space, format, Rounding::Nearest),
+                    transform: Transform::None,
                 }
             })
             .collect(),

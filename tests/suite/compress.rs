@@ -36,7 +36,7 @@ fn small(target: &str, out: &Path, extra: &[&str]) -> Vec<String> {
 /// A small compress run of models/tiny for hexagon into `out` (a few seconds).
 fn compress(out: &Path, extra: &[&str]) -> (i32, String, String) {
     let mut extra = extra.to_vec();
-    extra.extend(["--population", "6", "--generations", "2"]);
+    extra.extend(["--population", "6", "--generations", "3"]);
     let args = small("hexagon", out, &extra);
     qpipe(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }

@@ -10,8 +10,8 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 use qpipe::checkpoint::Checkpoint;
 use qpipe::gguf::writer::{write, Input, Written};
-use qpipe::quant::{fake_quantize, Calibrator, Format, GgufType};
-use std::collections::HashMap;
+use qpipe::quant::{fake_quantize, Calibrator, Format, GgufType, Rescale};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 const ROLES: [&str; 7] = [
@@ -89,9 +89,10 @@ fn inputs(importance: &HashMap<String, Vec<f32>>) -> HashMap<String, Input<'_>> 
         .iter()
         .map(|(n, imp)| {
             let input = Input {
-                importance: imp,
+                importance: Some(imp),
                 calibrator: Calibrator::Mse,
                 gptq: None,
+                rescale: Rescale::NONE,
             };
             (n.clone(), input)
         })
@@ -102,7 +103,7 @@ fn export(dir: &Path) -> (PathBuf, Written) {
     let ckpt = Checkpoint::open(common::tiny()).unwrap();
     let (types, importance) = choice();
     let path = dir.join("tiny.gguf");
-    let written = write(&ckpt, &types, &inputs(&importance), &path).unwrap();
+    let written = write(&ckpt, &types, &inputs(&importance), &BTreeMap::new(), &path).unwrap();
     (path, written)
 }
 
@@ -412,7 +413,7 @@ fn llama_cpp_gguf_py_reads_the_chosen_types_shapes_and_metadata() {
 /// The error of a failed export, after checking it left nothing in `dir`.
 fn failed(ckpt: &Checkpoint, types: &HashMap<String, GgufType>, dir: &Path) -> String {
     let path = dir.join("out.gguf");
-    let err = write(ckpt, types, &HashMap::new(), &path)
+    let err = write(ckpt, types, &HashMap::new(), &BTreeMap::new(), &path)
         .unwrap_err()
         .to_string();
     let left: Vec<_> = std::fs::read_dir(dir)
@@ -459,15 +460,21 @@ fn bad_choices_and_inputs_fail_in_one_line_and_leave_no_file() {
     let existing = out.path().join("keep.gguf");
     std::fs::write(&existing, b"old").unwrap();
     let types = HashMap::from([(down.to_string(), GgufType::Q6K)]);
-    assert!(write(&ckpt, &types, &HashMap::new(), &existing).is_err());
+    assert!(write(&ckpt, &types, &HashMap::new(), &BTreeMap::new(), &existing).is_err());
     assert_eq!(std::fs::read(&existing).unwrap(), b"old");
     std::fs::remove_file(&existing).unwrap();
 
     // Unwritable output: the error names the path.
     let nowhere = out.path().join("missing-dir/out.gguf");
-    let err = write(&ckpt, &HashMap::new(), &HashMap::new(), &nowhere)
-        .unwrap_err()
-        .to_string();
+    let err = write(
+        &ckpt,
+        &HashMap::new(),
+        &HashMap::new(),
+        &BTreeMap::new(),
+        &nowhere,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("missing-dir"), "{err}");
 
     // A checkpoint without tokenizer.json, and one that is not a Llama.

@@ -5,7 +5,7 @@
 use crate::common::{self, calibrated, llama, mean_kld, tiny};
 use qpipe::calib::{self, hessians};
 use qpipe::model::Model;
-use qpipe::quant::{Calibrator, Format, QuantizedTensor};
+use qpipe::quant::{Calibrator, Format, QuantizedTensor, Rescale};
 
 fn hessian_tokens(model_tokens: &[u32]) -> Vec<&[u32]> {
     qpipe::data::sequences(model_tokens, 128, 4096)
@@ -59,7 +59,7 @@ fn whole_model_kld(c: &common::Calibrated, format: Format, gptq: bool) -> f64 {
         let imp = c.stats.linear(l.name()).unwrap().importance();
         let f = gptq.then(|| factors.get(l.name()).unwrap().as_ref());
         let w = l
-            .fake_weight(format, Calibrator::Mse, Some(&imp), f)
+            .fake_weight(format, Calibrator::Mse, Some(&imp), f, Rescale::NONE)
             .unwrap();
         l.set_weight(qpipe::model::WeightSource::Fake(format), w)
             .unwrap();
@@ -108,7 +108,7 @@ fn packed_gptq_weights_are_the_values_the_search_measured_on_any_thread_count() 
     ] {
         let format: Format = format.parse().unwrap();
         let fake: Vec<f32> = l
-            .fake_weight(format, Calibrator::Mse, None, Some(f))
+            .fake_weight(format, Calibrator::Mse, None, Some(f), Rescale::NONE)
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -116,7 +116,8 @@ fn packed_gptq_weights_are_the_values_the_search_measured_on_any_thread_count() 
             .unwrap();
         let packed = |threads| {
             common::on_threads(threads, || {
-                l.quantized(format, Calibrator::Mse, None, Some(f)).unwrap()
+                l.quantized(format, Calibrator::Mse, None, Some(f), Rescale::NONE)
+                    .unwrap()
             })
         };
         let (one, two) = (packed(1), packed(2));
@@ -137,7 +138,13 @@ fn packed_gptq_weights_are_the_values_the_search_measured_on_any_thread_count() 
     }
     // GPTQ is refused where it does not apply (the k-quants), naming the format.
     let e = l
-        .quantized("q4_k".parse().unwrap(), Calibrator::Mse, None, Some(f))
+        .quantized(
+            "q4_k".parse().unwrap(),
+            Calibrator::Mse,
+            None,
+            Some(f),
+            Rescale::NONE,
+        )
         .err()
         .unwrap()
         .to_string();

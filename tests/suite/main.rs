@@ -31,3 +31,4 @@ mod quant;
 mod search;
 mod sensitivity;
 mod tiny_model;
+mod transform;

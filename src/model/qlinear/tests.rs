@@ -85,7 +85,7 @@ fn fake_gguf_layer_matches_the_packed_blocks() {
         let format = Format::Gguf(t);
         let float = QLinear::new("l.weight", wt.clone(), None);
         let q = float
-            .quantized(format, Calibrator::MinMax, None, None)
+            .quantized(format, Calibrator::MinMax, None, None, Rescale::NONE)
             .unwrap();
         let packed = QLinear::packed("l.weight", format, (rows, cols), q, None, None).unwrap();
         float
@@ -95,7 +95,7 @@ fn fake_gguf_layer_matches_the_packed_blocks() {
         let plain: Vec<f32> = x
             .matmul(
                 &float
-                    .fake_weight(format, Calibrator::MinMax, None, None)
+                    .fake_weight(format, Calibrator::MinMax, None, None, Rescale::NONE)
                     .unwrap()
                     .t()
                     .unwrap(),
@@ -161,7 +161,7 @@ fn packed_rows_are_the_fake_quantized_rows() {
         let format: Format = f.parse().unwrap();
         let float = QLinear::new("t.weight", w.clone(), None).with_usage(Usage::Gather);
         let q = float
-            .quantized(format, Calibrator::Mse, None, None)
+            .quantized(format, Calibrator::Mse, None, None, Rescale::NONE)
             .unwrap();
         let packed = QLinear::packed("t.weight", format, (rows, cols), q, None, None).unwrap();
         float.fake_quantize(format, Calibrator::Mse, None).unwrap();

@@ -306,10 +306,10 @@ impl Llama {
     }
 
     /// Where input rescaling folds: per layer the attention norm into q/k/v, without grouped
-    /// queries v's rows into o (with them an o column would need one scale per query head), the
-    /// MLP norm into gate/up and up's rows into down (the gate's SiLU is not linear, the
-    /// product with up is); an untied LM head into the final norm. A tied head has none: its
-    /// columns are also the embedding rows.
+    /// queries v's rows into o (with them one v row feeds the o columns of several query heads,
+    /// which would have to share its scale; not done), the MLP norm into gate/up and up's rows
+    /// into down (the gate's SiLU is not linear, the product with up is); an untied LM head
+    /// into the final norm. A tied head has none: its columns are also the embedding rows.
     pub fn folds(&self) -> Vec<super::Fold> {
         let names = |ls: &[&QLinear]| ls.iter().map(|l| l.name().to_string()).collect();
         let norm = |consumers: &[&QLinear], norm: String| super::Fold {

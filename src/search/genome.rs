@@ -377,10 +377,11 @@ impl Space {
     }
 
     /// `g` with fold `k` transformed by `t` (its consumers rounded to nearest, as a transform
-    /// needs), settled.
+    /// needs, if the space offers that), settled.
     pub fn transformed(&self, mut g: Genome, k: usize, t: Transform) -> Genome {
+        let nearest = !t.is_none() && self.roundings.contains(&Rounding::Nearest);
         for &c in &self.folds[k].consumers {
-            if !t.is_none() {
+            if nearest {
                 g.genes[c].rounding = Rounding::Nearest;
             }
             g.genes[c].transform = t;
@@ -649,6 +650,99 @@ mod tests {
         let json = serde_json::to_string(&gptq).unwrap();
         assert!(json.contains(r#""rounding":"gptq""#), "{json}");
         assert_eq!(serde_json::from_str::<Genome>(&json).unwrap(), gptq);
+        // So is a transform.
+        let mut smooth = one.clone();
+        smooth.genes[0].transform = Transform::Smooth(80);
+        assert_eq!(
+            smooth.key(),
+            fnv(*b"int4-g32-asym/mse/smooth0.8;None;", FNV_OFFSET)
+        );
+        let json = serde_json::to_string(&smooth).unwrap();
+        assert!(json.contains(r#""transform":"smooth0.8""#), "{json}");
+        assert_eq!(serde_json::from_str::<Genome>(&json).unwrap(), smooth);
+    }
+
+    /// Consumers of one input share its transform; GPTQ on a consumer, a producer format that
+    /// cannot take divided rows, or a space without rounding to nearest rule one out.
+    #[test]
+    fn transforms_are_shared_per_input_and_dropped_where_they_cannot_fold() {
+        let f = |s: &str| s.parse::<Format>().unwrap();
+        let formats = vec![f("int8-tensor-sym"), f("int4-g32-asym")];
+        let slot = |name: &str, fold| Slot {
+            name: name.into(),
+            layer: 0,
+            shape: [64, 64],
+            usage: Usage::Matmul,
+            formats: formats.clone(),
+            fold,
+        };
+        let fold = |consumers: &[&str], producer: Option<&str>| crate::model::Fold {
+            consumers: consumers.iter().map(|c| c.to_string()).collect(),
+            producers: vec![producer.unwrap_or("norm").to_string()],
+            producer_weight: producer.map(str::to_string),
+        };
+        let smooth = Transform::Smooth(50);
+        let space = Space {
+            slots: vec![
+                slot("gate", Some(0)),
+                slot("up", Some(0)),
+                slot("down", Some(1)),
+            ],
+            calibrators: vec![Calibrator::Mse],
+            roundings: Rounding::ALL.to_vec(),
+            transforms: vec![Transform::None, smooth],
+            folds: vec![
+                FoldSlot {
+                    consumers: vec![0, 1],
+                    producer: None,
+                    fold: fold(&["gate", "up"], None),
+                },
+                FoldSlot {
+                    consumers: vec![2],
+                    producer: Some(1),
+                    fold: fold(&["down"], Some("up")),
+                },
+            ],
+            activations: vec![Activation::Float],
+            layers: 1,
+            activation_rule: std::collections::HashMap::new(),
+            rest: Rest::default(),
+        };
+        let g = space
+            .uniform(
+                f("int4-g32-asym"),
+                Calibrator::Mse,
+                Rounding::Gptq,
+                Activation::Float,
+            )
+            .unwrap();
+        // Both consumers take it, rounded to nearest.
+        let t = space.transformed(g.clone(), 0, smooth);
+        assert!(t.genes[..2]
+            .iter()
+            .all(|g| g.transform == smooth && g.rounding == Rounding::Nearest));
+        assert!(space.check(&t).is_ok());
+        let mut split = t.clone();
+        split.genes[1].transform = Transform::None;
+        assert!(space.check(&split).unwrap_err().contains("differs"));
+        // GPTQ back on one consumer: settling drops the transform.
+        split = t.clone();
+        split.genes[0].rounding = Rounding::Gptq;
+        assert!(space.check(&split).is_err());
+        assert!(space.settled(split).genes[..2]
+            .iter()
+            .all(|g| g.transform.is_none()));
+        // down's producer (up) per tensor: its rows cannot take the divisors.
+        let mut d = space.transformed(t.clone(), 1, smooth);
+        assert_eq!(d.genes[2].transform, smooth);
+        d.genes[1].format = f("int8-tensor-sym");
+        assert!(space.check(&d).is_err());
+        assert!(space.settled(d).genes[2].transform.is_none());
+        // Only GPTQ offered: no transform can be taken.
+        let gptq = space.clone().with_roundings(vec![Rounding::Gptq]);
+        let none = gptq.transformed(g, 0, smooth);
+        assert!(gptq.check(&none).is_ok());
+        assert!(none.genes.iter().all(|g| g.transform.is_none()));
     }
 
     #[test]

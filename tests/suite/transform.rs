@@ -19,6 +19,38 @@ use qpipe::search::genome::Space;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+/// `choices` and `folded` written by the packed writer into `out` (with the config of `dir`)
+/// and loaded back.
+fn write_and_load(
+    dir: &Path,
+    out: &Path,
+    ckpt: &Checkpoint,
+    model: &Model,
+    choices: &BTreeMap<String, Choice<'_>>,
+    folded: &Folded<'_>,
+) -> Model {
+    let path = out.join("model.qpipe.safetensors");
+    let provenance = Provenance {
+        input_sha256: String::new(),
+        calibration_sha256: String::new(),
+        seed: 0,
+        qpipe_version: "test".into(),
+        command: Vec::new(),
+    };
+    std::fs::copy(dir.join("config.json"), out.join("config.json")).unwrap();
+    packed::write(
+        &path,
+        ckpt,
+        model,
+        choices,
+        &provenance,
+        Others::AsStored,
+        folded,
+    )
+    .unwrap();
+    Model::load_packed(&Packed::open(&path).unwrap()).unwrap()
+}
+
 /// Every fold of the model in `dir` transformed by `t` (scales from statistics on `tokens`),
 /// written as an F32 packed checkpoint and loaded back: the largest logit difference on a
 /// window of `tokens`, relative to the largest logit, and the scales' spread (max / min).
@@ -77,26 +109,7 @@ fn folded_logit_error(dir: &Path, tokens: &[u32], t: Transform) -> (f32, f32) {
         })
         .collect();
     let out = tempfile::tempdir().unwrap();
-    let path = out.path().join("model.qpipe.safetensors");
-    let provenance = Provenance {
-        input_sha256: String::new(),
-        calibration_sha256: String::new(),
-        seed: 0,
-        qpipe_version: "test".into(),
-        command: Vec::new(),
-    };
-    std::fs::copy(dir.join("config.json"), out.path().join("config.json")).unwrap();
-    packed::write(
-        &path,
-        &ckpt,
-        &model,
-        &choices,
-        &provenance,
-        Others::AsStored,
-        &folded,
-    )
-    .unwrap();
-    let folded_model = Model::load_packed(&Packed::open(&path).unwrap()).unwrap();
+    let folded_model = write_and_load(dir, out.path(), &ckpt, &model, &choices, &folded);
     let window = &tokens[..96];
     let want = sequence_logits(common::llama(&model), window).unwrap();
     let got = sequence_logits(common::llama(&folded_model), window).unwrap();
@@ -185,10 +198,8 @@ impl Overrides for Smoothed<'_> {
 /// Held-out mean KL of `model` with `overrides` against the float logits.
 fn kld_with(c: &common::Calibrated, overrides: &dyn Overrides) -> f64 {
     let model = common::llama(&c.model);
-    let vocab = model.config().vocab_size;
-    let mut total = 0.0;
-    for (w, r) in c.held_out.iter().zip(&c.reference) {
-        let ids = candle_core::Tensor::new(w.as_slice(), &candle_core::Device::Cpu)
+    common::mean_kld_of(model, &c.held_out, &c.reference, |w| {
+        let ids = candle_core::Tensor::new(w, &candle_core::Device::Cpu)
             .unwrap()
             .unsqueeze(0)
             .unwrap();
@@ -196,24 +207,14 @@ fn kld_with(c: &common::Calibrated, overrides: &dyn Overrides) -> f64 {
         let h = model
             .run_layers(h, 0..model.num_layers(), Some(overrides))
             .unwrap();
-        let q: Vec<f32> = model
+        model
             .logits(&h, Some(overrides))
             .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1()
-            .unwrap();
-        let n = w.len() - 1;
-        total += qpipe::reference::metrics::compare_logits(
-            &r[..n * vocab],
-            &q[..n * vocab],
-            vocab,
-            &w[1..],
-        )
-        .unwrap()
-        .mean_kld;
-    }
-    total / c.held_out.len() as f64
+            .unwrap()
+    })
 }
 
 /// SmolLM2's six heaviest-tailed down_proj inputs (absmax / p99.9), each alone at A8 with float
@@ -353,30 +354,14 @@ fn search_and_packed_checkpoint_agree_on_a_smoothed_genome() {
 
     let (choices, folded) = packed::choices(&evaluator, &smoothed).unwrap();
     let out = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        common::tiny().join("config.json"),
-        out.path().join("config.json"),
-    )
-    .unwrap();
-    let path = out.path().join("model.qpipe.safetensors");
-    let provenance = Provenance {
-        input_sha256: String::new(),
-        calibration_sha256: String::new(),
-        seed: 0,
-        qpipe_version: "test".into(),
-        command: Vec::new(),
-    };
-    packed::write(
-        &path,
+    let packed = write_and_load(
+        &common::tiny(),
+        out.path(),
         &ckpt,
         &model,
         &choices,
-        &provenance,
-        Others::AsStored,
         &folded,
-    )
-    .unwrap();
-    let packed = Model::load_packed(&Packed::open(&path).unwrap()).unwrap();
+    );
     // The packed model from its own (quantized) embedding lookup on.
     let ids = batch(&seqs).unwrap();
     let h = packed.embed(&ids, &ids.ones_like().unwrap(), None).unwrap();

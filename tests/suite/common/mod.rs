@@ -241,11 +241,23 @@ pub fn sotu_sentences(n: usize) -> Vec<String> {
 /// Mean over `windows` of the mean next-token KLD of `model` as it stands (quantized) against
 /// `reference`, the float logits of the same windows.
 pub fn mean_kld<W: AsRef<[u32]>>(model: &Llama, windows: &[W], reference: &[Vec<f32>]) -> f64 {
+    mean_kld_of(model, windows, reference, |w| {
+        sequence_logits(model, w).unwrap()
+    })
+}
+
+/// [`mean_kld`] with the logits of a window (`[seq, vocab]` row-major) from `logits`.
+pub fn mean_kld_of<W: AsRef<[u32]>>(
+    model: &Llama,
+    windows: &[W],
+    reference: &[Vec<f32>],
+    logits: impl Fn(&[u32]) -> Vec<f32>,
+) -> f64 {
     let vocab = model.config().vocab_size;
     let mut total = 0.0;
     for (w, r) in windows.iter().zip(reference) {
         let w = w.as_ref();
-        let q = sequence_logits(model, w).unwrap();
+        let q = logits(w);
         let n = w.len() - 1;
         total += qpipe::reference::metrics::compare_logits(
             &r[..n * vocab],

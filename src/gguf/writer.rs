@@ -70,7 +70,7 @@ pub struct Input<'a> {
     pub importance: Option<&'a [f32]>,
     /// `minmax`: llama.cpp's reference scales for the 32-blocks; otherwise qpipe's search.
     pub calibrator: Calibrator,
-    /// The input's GPTQ factor, to round with GPTQ (32-blocks only).
+    /// The input's GPTQ factor, to round with GPTQ.
     pub gptq: Option<&'a Factor>,
     /// How the weight is rescaled before it is stored (a transform's fold).
     pub rescale: Rescale<'a>,

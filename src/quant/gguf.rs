@@ -2,12 +2,14 @@
 //!
 //! candle implements llama.cpp's importance-matrix quantization for the k-quants only; the
 //! 32-blocks (Q4_0 ... Q8_0) are quantized by [`super::blocks`] (importance-weighted scales,
-//! GPTQ), or by candle with llama.cpp's reference scales for the `minmax` calibrator.
+//! GPTQ), or by candle with llama.cpp's reference scales for the `minmax` calibrator; GPTQ
+//! rounds the k-quants onto candle's grids in [`super::kquants`].
 
 use super::blocks;
 use super::calibrate::Calibrator;
 use super::format::{Format, GgufType};
 use super::gptq::Factor;
+use super::kquants;
 use crate::error::candle_message;
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::k_quants::{self, BlockQ8K, BlockQ8_0, GgmlType};
@@ -19,7 +21,8 @@ use rayon::prelude::*;
 /// Quantizes row-major `w` [rows, cols] to `t` with the per-column importance. A 32-block type
 /// gets llama.cpp's reference scales for `Calibrator::MinMax` (without GPTQ: candle's quantizer
 /// itself), else qpipe's importance-weighted search, and is rounded by GPTQ with `gptq`; the
-/// k-quants run candle's (llama.cpp's) imatrix search. The shape must pass `Format::check`
+/// k-quants run candle's (llama.cpp's) imatrix search, then GPTQ onto its grids with `gptq`.
+/// The shape must pass `Format::check`
 /// first.
 pub fn quantize(
     w: &[f32],
@@ -38,8 +41,10 @@ pub fn quantize(
         return qtensor_from_ggml(t.ggml(), &bytes, vec![rows, cols], &Device::Cpu)
             .map_err(|e| named(candle_message(&e)));
     }
-    if gptq.is_some() {
-        return Err(named("GPTQ rounding is not available for this type".into()));
+    if let Some(f) = gptq {
+        let bytes = kquants::quantize_gptq(w, rows, cols, t, imp, f).map_err(named)?;
+        return qtensor_from_ggml(t.ggml(), &bytes, vec![rows, cols], &Device::Cpu)
+            .map_err(|e| named(candle_message(&e)));
     }
     let src = Tensor::from_slice(w, (rows, cols), &Device::Cpu).map_err(|e| candle_message(&e))?;
     let q = match imp {

@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod gptq;
 pub mod histogram;
 pub mod int;
+pub mod kquants;
 pub mod quantizer;
 pub mod transform;
 
@@ -107,7 +108,7 @@ impl Rounding {
             Rounding::Nearest => true,
             Rounding::Gptq => match format {
                 Format::Int(_) => true,
-                Format::Gguf(t) => blocks::handles(t),
+                Format::Gguf(_) => true,
                 Format::Float(_) => false,
             },
         }

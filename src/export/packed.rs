@@ -61,7 +61,7 @@ pub fn choices<'e>(
                 format: gene.format,
                 calibrator: gene.calibrator,
                 importance: Some(evaluator.scaled_importance(i, gene.transform)),
-                gptq: evaluator.factor(i, gene.rounding)?,
+                gptq: evaluator.factor(i, &gene)?,
                 input_quant: evaluator.input_quant(g, i),
                 transform: gene.transform,
                 rescale: Rescale {

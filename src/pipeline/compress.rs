@@ -5,7 +5,7 @@
 use super::output::{CompressReport, HeldOut, OutDir, Size};
 use super::policy::{self, HELD_OUT_GROUP};
 use super::{default_seq_len, load_tokens, Observer, Stage, Step};
-use crate::calib::{self, Factors};
+use crate::calib;
 use crate::checkpoint::Checkpoint;
 use crate::data::{Builtin, Text};
 use crate::error::{Error, Result};
@@ -228,12 +228,12 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
 
     stage(Stage::Calibration);
     let stats = calib::collect(&model, &sequences, 1)?;
-    // The input Hessians live only until their GPTQ factors are computed.
-    let factors = if space.roundings.contains(&Rounding::Gptq) {
-        calib::hessians::collect(&model, &hessian_sequences)?.factors()?
-    } else {
-        Factors::default()
-    };
+    // The input Hessians live only until the evaluator has their GPTQ factors.
+    let hessians = space
+        .roundings
+        .contains(&Rounding::Gptq)
+        .then(|| calib::hessians::collect(&model, &hessian_sequences))
+        .transpose()?;
 
     let sens_sequences: Vec<&[u32]> = sequences
         .iter()
@@ -294,8 +294,10 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
     // weight with the mse calibrator costs more than a forward pass), within 3 GiB.
     let cache =
         (space.quantizable_parameters() as usize * 4 * formats.len()).clamp(1 << 28, 3 << 30);
-    let evaluator =
-        Evaluator::new(&model, &space, &baseline, &stats, cache, PREFIX_CACHE)?.with_gptq(&factors);
+    let mut evaluator = Evaluator::new(&model, &space, &baseline, &stats, cache, PREFIX_CACHE)?;
+    if let Some(h) = hessians {
+        evaluator = evaluator.with_gptq(&h)?;
+    }
     stage(Stage::Search);
     let search_start = Instant::now();
     let outcome = search::run(

@@ -12,7 +12,7 @@
 //! so results do not depend on what happened to be cached, nor on the thread count.
 
 use super::genome::{Gene, Genome, Space};
-use crate::calib::{Factors, Stats};
+use crate::calib::{Hessians, Stats};
 use crate::error::{Error, Result, Subject};
 use crate::model::{Model, Overrides};
 use crate::quant::{
@@ -72,6 +72,8 @@ struct FoldScale {
     /// The quantizer of the rescaled input per quantized activation format: min/max over the
     /// channels' extremes divided by `s` (the histogram is of the unscaled input).
     activation: HashMap<Activation, ActivationQuant>,
+    /// The GPTQ factor of the rescaled input (none until [`Evaluator::with_gptq`]).
+    gptq: Option<Arc<Factor>>,
 }
 
 /// Counters of an evaluator's work.
@@ -216,22 +218,49 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    /// Lets genes round with GPTQ, with the factors of the tensors' inputs.
-    pub fn with_gptq(mut self, factors: &Factors) -> Self {
+    /// Lets genes round with GPTQ: the factors of the tensors' inputs, and of every fold's
+    /// input rescaled by each offered transform (`diag(1/s) H diag(1/s)`), computed in parallel.
+    pub fn with_gptq(mut self, hessians: &Hessians) -> Result<Self> {
+        let factors = hessians.factors()?;
         self.gptq = self
             .space
             .slots
             .iter()
             .map(|s| factors.get(&s.name).cloned())
             .collect();
-        self
+        let space = self.space;
+        let scaled = self
+            .scales
+            .par_iter()
+            .map(|(&(k, t), f)| {
+                let name = &space.folds[k].fold.consumers[0];
+                let bad = |m: String| Error::invalid(Subject::tensor(name), m);
+                let h = hessians
+                    .get(name)
+                    .ok_or_else(|| bad("no input Hessian".into()))?;
+                let factor =
+                    Factor::new(&h.scaled(&f.scales)).map_err(|m| bad(format!("{t}: {m}")))?;
+                Ok(((k, t), Arc::new(factor)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (key, factor) in scaled {
+            if let Some(f) = self.scales.get_mut(&key) {
+                f.gptq = Some(factor);
+            }
+        }
+        Ok(self)
     }
 
-    /// The GPTQ factor tensor `i` (slot order) is rounded with when its gene says `rounding`.
-    pub fn factor(&self, i: usize, rounding: Rounding) -> Result<Option<&Factor>> {
-        match rounding {
+    /// The GPTQ factor tensor `i` (slot order) is rounded with under `gene`: none to nearest,
+    /// else that of its input, rescaled by the gene's transform.
+    pub fn factor(&self, i: usize, gene: &Gene) -> Result<Option<&Factor>> {
+        let factor = match self.fold_scale(i, gene.transform) {
+            Some(f) => f.gptq.as_deref(),
+            None => self.gptq[i].as_deref(),
+        };
+        match gene.rounding {
             Rounding::Nearest => Ok(None),
-            Rounding::Gptq => self.gptq[i].as_deref().map(Some).ok_or_else(|| {
+            Rounding::Gptq => factor.map(Some).ok_or_else(|| {
                 Error::invalid(
                     Subject::tensor(&self.space.slots[i].name),
                     "GPTQ rounding without the input's Hessian",
@@ -444,7 +473,7 @@ impl<'a> Evaluator<'a> {
             gene.format,
             gene.calibrator,
             Some(&self.scaled_importance(i, gene.transform)),
-            self.factor(i, gene.rounding)?,
+            self.factor(i, &gene)?,
             rescale,
         )?;
         lock(&self.weights).put((i, gene), &t);
@@ -482,6 +511,7 @@ fn fold_scale(
         scales,
         inverse,
         activation,
+        gptq: None,
     })
 }
 

@@ -347,15 +347,11 @@ impl Space {
     }
 
     /// Whether fold `k`'s tensors may take `transform` in `g`: `none` always; another if
-    /// offered, with every consumer rounded to nearest (GPTQ's factors are of the unscaled
-    /// input) and the producing weight in a row-scalable format.
+    /// offered, with the producing weight in a row-scalable format.
     pub fn transform_legal(&self, g: &Genome, k: usize, transform: Transform) -> bool {
         let f = &self.folds[k];
         transform.is_none()
             || (self.transforms.contains(&transform)
-                && f.consumers
-                    .iter()
-                    .all(|&c| g.genes[c].rounding == Rounding::Nearest)
                 && f.producer.is_none_or(|p| g.genes[p].format.row_scalable()))
     }
 
@@ -376,14 +372,9 @@ impl Space {
         g
     }
 
-    /// `g` with fold `k` transformed by `t` (its consumers rounded to nearest, as a transform
-    /// needs, if the space offers that), settled.
+    /// `g` with fold `k` transformed by `t`, settled.
     pub fn transformed(&self, mut g: Genome, k: usize, t: Transform) -> Genome {
-        let nearest = !t.is_none() && self.roundings.contains(&Rounding::Nearest);
         for &c in &self.folds[k].consumers {
-            if nearest {
-                g.genes[c].rounding = Rounding::Nearest;
-            }
             g.genes[c].transform = t;
         }
         self.settled(g)
@@ -545,8 +536,8 @@ impl Space {
             }
             if !self.transform_legal(g, k, t) {
                 return Err(format!(
-                    "{}: transform {t} is not allowed here (GPTQ rounding, a producer format \
-                     that cannot take divided rows, or not offered)",
+                    "{}: transform {t} is not allowed here (a producer format that cannot \
+                     take divided rows, or not offered)",
                     self.slots[f.consumers[0]].name
                 ));
             }
@@ -662,8 +653,8 @@ mod tests {
         assert_eq!(serde_json::from_str::<Genome>(&json).unwrap(), smooth);
     }
 
-    /// Consumers of one input share its transform; GPTQ on a consumer, a producer format that
-    /// cannot take divided rows, or a space without rounding to nearest rule one out.
+    /// Consumers of one input share its transform, whatever their rounding; a producer format
+    /// that cannot take divided rows, or a space that does not offer it, rules one out.
     #[test]
     fn transforms_are_shared_per_input_and_dropped_where_they_cannot_fold() {
         let f = |s: &str| s.parse::<Format>().unwrap();
@@ -716,32 +707,33 @@ mod tests {
                 Activation::Float,
             )
             .unwrap();
-        // Both consumers take it, rounded to nearest.
+        // Both consumers take it, keeping their GPTQ rounding (rounded against the rescaled
+        // input's Hessian).
         let t = space.transformed(g.clone(), 0, smooth);
         assert!(t.genes[..2]
             .iter()
-            .all(|g| g.transform == smooth && g.rounding == Rounding::Nearest));
+            .all(|g| g.transform == smooth && g.rounding == Rounding::Gptq));
         assert!(space.check(&t).is_ok());
         let mut split = t.clone();
         split.genes[1].transform = Transform::None;
         assert!(space.check(&split).unwrap_err().contains("differs"));
-        // GPTQ back on one consumer: settling drops the transform.
-        split = t.clone();
-        split.genes[0].rounding = Rounding::Gptq;
-        assert!(space.check(&split).is_err());
+        // Settling gives every consumer the first one's transform.
         assert!(space.settled(split).genes[..2]
             .iter()
-            .all(|g| g.transform.is_none()));
+            .all(|g| g.transform == smooth));
         // down's producer (up) per tensor: its rows cannot take the divisors.
         let mut d = space.transformed(t.clone(), 1, smooth);
         assert_eq!(d.genes[2].transform, smooth);
         d.genes[1].format = f("int8-tensor-sym");
         assert!(space.check(&d).is_err());
         assert!(space.settled(d).genes[2].transform.is_none());
-        // Only GPTQ offered: no transform can be taken.
-        let gptq = space.clone().with_roundings(vec![Rounding::Gptq]);
-        let none = gptq.transformed(g, 0, smooth);
-        assert!(gptq.check(&none).is_ok());
+        // A transform the space does not offer is dropped.
+        let plain = Space {
+            transforms: vec![Transform::None],
+            ..space.clone()
+        };
+        let none = plain.transformed(g, 0, smooth);
+        assert!(plain.check(&none).is_ok());
         assert!(none.genes.iter().all(|g| g.transform.is_none()));
     }
 

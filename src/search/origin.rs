@@ -16,16 +16,6 @@ pub struct Method {
     pub transform: Transform,
 }
 
-impl Method {
-    /// Rounding `rounding`, no transform.
-    pub fn rounded(rounding: Rounding) -> Method {
-        Method {
-            rounding,
-            transform: Transform::None,
-        }
-    }
-}
-
 /// Where a genome came from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Origin {

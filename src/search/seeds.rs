@@ -10,28 +10,25 @@ use crate::quant::{Activation, Calibrator, Format, Rounding, Transform};
 /// Every uniform legal format with each rounding method (the first calibrator, the first
 /// activation option it may run with), then, per activation option, Lagrangian allocations
 /// from the sensitivity at budgets spread between the smallest and the largest uniform size,
-/// plus the `max_bpw` limit; each allocation also with every other method (each rounding; each
-/// transform, rounded to nearest).
+/// plus the `max_bpw` limit; each allocation also with every other method (each rounding with
+/// each transform).
 pub(super) fn seed_genomes(
     space: &Space,
     guide: &Guide,
     settings: &Settings,
 ) -> Vec<(Origin, Genome)> {
     let calibrator = space.calibrators[0];
-    let methods: Vec<Method> = space
-        .roundings
+    let transforms = space
+        .transforms
         .iter()
-        .map(|&r| Method::rounded(r))
-        .chain(
-            space
-                .transforms
-                .iter()
-                .filter(|t| !t.is_none() && !space.folds.is_empty())
-                .map(|&transform| Method {
-                    rounding: Rounding::Nearest,
-                    transform,
-                }),
-        )
+        .filter(|t| t.is_none() || !space.folds.is_empty());
+    let methods: Vec<Method> = transforms
+        .flat_map(|&transform| {
+            space.roundings.iter().map(move |&rounding| Method {
+                rounding,
+                transform,
+            })
+        })
         .collect();
     // Formats every matmul may take (an embedding table that may not is given its nearest).
     let matmuls = || space.slots.iter().filter(|s| !s.usage.gathers());

@@ -307,13 +307,14 @@ fn smoothing_halves_the_a8_cost_of_smollm2_heavy_tailed_down_proj_inputs() {
     assert!(halved >= 4, "smoothing halved the A8 cost on {halved} of 6");
 }
 
-/// A genome with every fold smoothed, int4 weights and A8 inputs: its loss in the search
+/// A genome with every fold smoothed, int4 weights and A8 inputs, rounded to nearest and by
+/// GPTQ (against each input's Hessian rescaled by the smoothing): its loss in the search
 /// (rescaled fake-quantized weights, inputs divided before quantizing) and that of the packed
 /// checkpoint written for it (scales folded into the norms and up's rows, nothing divided at
 /// run time) agree within 2%, and differ from the same genome without the transform. They are
 /// not equal: the packed file quantizes up's divided rows with their own F16 scales, the search
 /// divides the undivided rows' quantized values (0.6% apart here; without a transform the two
-/// agree to 0.01%).
+/// agree to 0.01%). GPTQ lowers the smoothed genome's loss (on tokens its Hessians saw).
 #[test]
 fn search_and_packed_checkpoint_agree_on_a_smoothed_genome() {
     let _cpu = common::busy();
@@ -321,6 +322,8 @@ fn search_and_packed_checkpoint_agree_on_a_smoothed_genome() {
     let ckpt = Checkpoint::open(common::tiny()).unwrap();
     let seqs = qpipe::data::sequences(&cal, 128, 512);
     let stats = qpipe::calib::collect(&model, &seqs, 1).unwrap();
+    let hessians =
+        qpipe::calib::hessians::collect(&model, &qpipe::data::sequences(&cal, 128, 4096)).unwrap();
     let baseline = Baseline::run(&model, &batch(&seqs).unwrap(), 64).unwrap();
     let formats: Vec<Format> = ["int4-g32-asym", "int8-channel-sym"]
         .iter()
@@ -335,48 +338,61 @@ fn search_and_packed_checkpoint_agree_on_a_smoothed_genome() {
         vec![Activation::Float, Activation::A8],
     )
     .unwrap()
+    .with_roundings(Rounding::ALL.to_vec())
     .with_transforms(&model, vec![t]);
     // Per layer q/k/v, gate/up and up -> down (grouped queries: no v -> o); the tied head none.
     assert_eq!(space.folds.len(), 3 * common::llama(&model).num_layers());
-    let plain = space
-        .uniform(
-            formats[0],
-            Calibrator::Mse,
-            Rounding::Nearest,
-            Activation::A8,
-        )
+    let uniform = |r| {
+        space
+            .uniform(formats[0], Calibrator::Mse, r, Activation::A8)
+            .unwrap()
+    };
+    let smooth = |g| (0..space.folds.len()).fold(g, |g, k| space.transformed(g, k, t));
+    let plain = uniform(Rounding::Nearest);
+    let smoothed = [smooth(plain.clone()), smooth(uniform(Rounding::Gptq))];
+    for g in &smoothed {
+        assert!(space.check(g).is_ok());
+        assert!(g.genes.iter().filter(|g| g.transform == t).count() >= 4 * 4);
+    }
+    let evaluator = Evaluator::new(&model, &space, &baseline, &stats, 1 << 28, 1 << 26)
+        .unwrap()
+        .with_gptq(&hessians)
         .unwrap();
-    let smoothed = (0..space.folds.len()).fold(plain.clone(), |g, k| space.transformed(g, k, t));
-    assert!(space.check(&smoothed).is_ok());
-    assert!(smoothed.genes.iter().filter(|g| g.transform == t).count() >= 4 * 4);
-    let evaluator = Evaluator::new(&model, &space, &baseline, &stats, 1 << 28, 1 << 26).unwrap();
-    let losses = evaluator.losses(&[plain, smoothed.clone()]).unwrap();
-
-    let (choices, folded) = packed::choices(&evaluator, &smoothed).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let packed = write_and_load(
-        &common::tiny(),
-        out.path(),
-        &ckpt,
-        &model,
-        &choices,
-        &folded,
-    );
-    // The packed model from its own (quantized) embedding lookup on.
+    let losses = evaluator
+        .losses(&[plain, smoothed[0].clone(), smoothed[1].clone()])
+        .unwrap();
     let ids = batch(&seqs).unwrap();
-    let h = packed.embed(&ids, &ids.ones_like().unwrap(), None).unwrap();
-    let h = baseline
-        .advance(&packed, h, 0..layers(&packed), None)
-        .unwrap();
-    let packed_loss = baseline.loss(&packed, &h, None).unwrap();
-    eprintln!(
-        "A8 int4-g32: plain {:.4e}, {t} in the search {:.4e}, packed {packed_loss:.4e}",
-        losses[0], losses[1]
-    );
+    for (g, &loss) in smoothed.iter().zip(&losses[1..]) {
+        let (choices, folded) = packed::choices(&evaluator, g).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let packed = write_and_load(
+            &common::tiny(),
+            out.path(),
+            &ckpt,
+            &model,
+            &choices,
+            &folded,
+        );
+        // The packed model from its own (quantized) embedding lookup on.
+        let h = packed.embed(&ids, &ids.ones_like().unwrap(), None).unwrap();
+        let h = baseline
+            .advance(&packed, h, 0..layers(&packed), None)
+            .unwrap();
+        let packed_loss = baseline.loss(&packed, &h, None).unwrap();
+        eprintln!(
+            "A8 int4-g32 {}: plain {:.4e}, {t} in the search {loss:.4e}, packed {packed_loss:.4e}",
+            g.genes[0].rounding, losses[0]
+        );
+        assert!(
+            (packed_loss - loss).abs() <= 0.02 * loss,
+            "packed {packed_loss} vs search {loss}"
+        );
+    }
+    assert!((losses[0] - losses[1]).abs() > 0.03 * losses[1]);
     assert!(
-        (packed_loss - losses[1]).abs() <= 0.02 * losses[1],
-        "packed {packed_loss} vs search {}",
+        losses[2] < 0.7 * losses[1],
+        "gptq {} vs rtn {}",
+        losses[2],
         losses[1]
     );
-    assert!((losses[0] - losses[1]).abs() > 0.03 * losses[1]);
 }

@@ -4,17 +4,38 @@
 //! recorded as sharing that layer's sum, so nothing structural is assumed about the model.
 //! Streamed: each forward's inputs are multiplied into the f64 sums and dropped.
 
+use crate::checkpoint::write::{write_safetensors, LazyTensor};
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result, Subject};
 use crate::model::{ActivationObserver, Model};
 use crate::quant::gptq::HessianSum;
 use crate::quant::{Factor, Hessian};
 use candle_core::Tensor;
 use rayon::prelude::*;
-use std::collections::BTreeMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+/// The metadata entry of a saved Hessians file.
+const METADATA: &str = "qpipe_hessians";
+/// Version of the saved layout.
+const FORMAT_VERSION: u32 = 1;
+
+/// What a saved Hessians file's metadata says; input `i` is the tensor `input.{i}`, its upper
+/// triangle row by row (n (n + 1) / 2 values: the Hessians are symmetric).
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    version: u32,
+    /// What they were computed from (the saver's key: model and tokens).
+    key: String,
+    /// Per input, its dimension and tokens.
+    inputs: Vec<(usize, u64)>,
+    of: BTreeMap<String, usize>,
+}
+
 /// E[x xᵀ] of every distinct input of a model's multiplied weights.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Hessians {
     /// Per distinct input, in forward order.
     pub inputs: Vec<Hessian>,
@@ -26,6 +47,93 @@ impl Hessians {
     /// The Hessian of the input of the weight `name`.
     pub fn get(&self, name: &str) -> Option<&Hessian> {
         self.of.get(name).map(|&i| &self.inputs[i])
+    }
+
+    /// Writes them to `path` (safetensors, atomically), tagged with `key`, what they were
+    /// computed from, so a later run can tell whether they still apply.
+    pub fn save(&self, path: &Path, key: &str) -> Result<()> {
+        let header = Header {
+            version: FORMAT_VERSION,
+            key: key.to_string(),
+            inputs: self.inputs.iter().map(|h| (h.dim(), h.tokens())).collect(),
+            of: self.of.clone(),
+        };
+        let json = serde_json::to_string(&header)
+            .map_err(|e| Error::invalid(path, format!("cannot encode metadata: {e}")))?;
+        let tensors: Vec<(String, LazyTensor<'_>)> = self
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let n = h.dim();
+                let tensor = LazyTensor::f32(vec![n * (n + 1) / 2], move || {
+                    let v = h.values();
+                    (0..n)
+                        .flat_map(|r| v[r * n + r..(r + 1) * n].to_vec())
+                        .collect()
+                });
+                (format!("input.{i}"), tensor)
+            })
+            .collect();
+        write_safetensors(
+            path,
+            &tensors,
+            Some(HashMap::from([(METADATA.to_string(), json)])),
+        )
+    }
+
+    /// Reads Hessians written by [`Hessians::save`], with their key; every part is checked.
+    pub fn load(path: &Path) -> Result<(Hessians, String)> {
+        let file = Checkpoint::open(path)?;
+        let bad = |m: String| Error::invalid(path, m);
+        let header: Header = file
+            .metadata(METADATA)
+            .ok_or_else(|| bad("not a qpipe Hessians file (no qpipe_hessians metadata)".into()))
+            .and_then(|m| {
+                serde_json::from_str(m)
+                    .map_err(|e| bad(format!("bad qpipe_hessians metadata: {e}")))
+            })?;
+        if header.version != FORMAT_VERSION {
+            return Err(Error::unsupported(
+                path,
+                format!(
+                    "Hessians format version {} (this qpipe reads {FORMAT_VERSION})",
+                    header.version
+                ),
+            ));
+        }
+        if let Some((name, i)) = header.of.iter().find(|(_, &i)| i >= header.inputs.len()) {
+            return Err(bad(format!("{name}: input {i} of {}", header.inputs.len())));
+        }
+        let mut inputs = Vec::with_capacity(header.inputs.len());
+        for (i, &(n, tokens)) in header.inputs.iter().enumerate() {
+            let name = format!("input.{i}");
+            let view = file.tensor(&name)?;
+            if view.shape != [n * (n + 1) / 2] {
+                return Err(bad(format!(
+                    "{name}: shape {:?}, not the upper triangle of {n}x{n}",
+                    view.shape
+                )));
+            }
+            let triangle = view.to_f32_vec()?;
+            let mut values = vec![0f32; n * n];
+            let mut at = 0;
+            for r in 0..n {
+                for c in r..n {
+                    values[r * n + c] = triangle[at];
+                    values[c * n + r] = triangle[at];
+                    at += 1;
+                }
+            }
+            inputs.push(Hessian::new(n, tokens, values).map_err(|m| bad(format!("{name}: {m}")))?);
+        }
+        Ok((
+            Hessians {
+                inputs,
+                of: header.of,
+            },
+            header.key,
+        ))
     }
 
     /// The GPTQ factor of every input (in parallel), shared by the weights that read it.

@@ -23,7 +23,23 @@ use crate::reference::TopK;
 pub use hessians::{Factors, Hessians};
 
 /// Version of the statistics file layout.
-const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// The key calibration results computed from the weights whose sha256 is `model_sha256` on
+/// `sequences` are saved under, so a later run reuses them only for the same inputs: sha256
+/// of the model's hash and every sequence's length and token ids (little-endian).
+pub fn key(model_sha256: &str, sequences: &[&[u32]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(model_sha256.as_bytes());
+    for s in sequences {
+        h.update((s.len() as u64).to_le_bytes());
+        for id in *s {
+            h.update(id.to_le_bytes());
+        }
+    }
+    format!("{:x}", h.finalize())
+}
 
 /// What one linear layer's inputs looked like over the calibration tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -227,13 +227,37 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
     ));
 
     stage(Stage::Calibration);
-    let stats = calib::collect(&model, &sequences, 1)?;
+    let input_sha256 = sha256_files(checkpoint.files())?;
+    let resume = request.start == Start::Resume;
+    let key = calib::key(&input_sha256, &sequences);
+    let stats = match resume.then(|| out.saved_stats(&key)).flatten() {
+        Some(s) => {
+            observer.note("calibration statistics reused from calibration/statistics.json");
+            s
+        }
+        None => {
+            let s = calib::collect(&model, &sequences, 1)?;
+            out.write_stats(&s, &key)?;
+            s
+        }
+    };
     // The input Hessians live only until the evaluator has their GPTQ factors.
-    let hessians = space
-        .roundings
-        .contains(&Rounding::Gptq)
-        .then(|| calib::hessians::collect(&model, &hessian_sequences))
-        .transpose()?;
+    let hessians = if space.roundings.contains(&Rounding::Gptq) {
+        let key = calib::key(&input_sha256, &hessian_sequences);
+        Some(match resume.then(|| out.saved_hessians(&key)).flatten() {
+            Some(h) => {
+                observer.note("input Hessians reused from calibration/hessians.safetensors");
+                h
+            }
+            None => {
+                let h = calib::hessians::collect(&model, &hessian_sequences)?;
+                out.write_hessians(&h, &key)?;
+                h
+            }
+        })
+    } else {
+        None
+    };
 
     let sens_sequences: Vec<&[u32]> = sequences
         .iter()
@@ -359,7 +383,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
 
     stage(Stage::Export);
     let provenance = Provenance {
-        input_sha256: sha256_files(checkpoint.files())?,
+        input_sha256,
         calibration_sha256: text.calibration.sha256()?,
         seed: plan.seed,
         qpipe_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -3,6 +3,7 @@
 //! the schema of the report users and CI jobs read.
 
 use super::policy::Validated;
+use crate::calib::{Hessians, Stats};
 use crate::checkpoint::write::write_atomic;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result, Subject};
@@ -14,7 +15,7 @@ use crate::quant::Format;
 use crate::search::genome::NamedGenome;
 use crate::search::{self, Constraints, Origin, Settings};
 use crate::sensitivity::{Options, Sensitivity};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// One genome evaluated on the held-out tokens.
@@ -124,6 +125,20 @@ impl CompressReport {
 
 /// The report's file name.
 const REPORT: &str = "qpipe.json";
+/// The calibration results kept for `--resume`, in a directory of their own so the output
+/// directory still loads as one checkpoint.
+const CALIBRATION: &str = "calibration";
+/// The calibration statistics, in [`CALIBRATION`].
+const STATS: &str = "statistics.json";
+/// The input Hessians (GPTQ), in [`CALIBRATION`].
+const HESSIANS: &str = "hessians.safetensors";
+
+/// A value saved with the key of the inputs it was computed from.
+#[derive(Serialize, Deserialize)]
+struct Saved<K, T> {
+    key: K,
+    value: T,
+}
 
 /// A compress run's output directory and the files in it.
 pub struct OutDir {
@@ -207,6 +222,42 @@ impl OutDir {
             && s.calibrator == options.calibrator
             && formats == want)
             .then_some(s)
+    }
+
+    /// The calibration statistics an earlier run saved here under `key` (anything missing,
+    /// unreadable or computed from other inputs is computed again).
+    pub fn saved_stats(&self, key: &str) -> Option<Stats> {
+        let bytes = std::fs::read(self.dir.join(CALIBRATION).join(STATS)).ok()?;
+        let saved: Saved<String, Stats> = serde_json::from_slice(&bytes).ok()?;
+        (saved.key == key && saved.value.version == crate::calib::FORMAT_VERSION)
+            .then_some(saved.value)
+    }
+
+    /// `calibration/statistics.json`: the statistics under `key`, for [`OutDir::saved_stats`].
+    pub fn write_stats(&self, stats: &Stats, key: &str) -> Result<()> {
+        let saved = Saved { key, value: stats };
+        let path = self.calibration()?.join(STATS);
+        let json = serde_json::to_vec(&saved).map_err(|e| Error::invalid(&path, e.to_string()))?;
+        write_atomic(&path, &json)
+    }
+
+    /// The directory of the calibration results, created if missing.
+    fn calibration(&self) -> Result<PathBuf> {
+        let dir = self.dir.join(CALIBRATION);
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        Ok(dir)
+    }
+
+    /// The input Hessians an earlier run saved here under `key` (anything missing, unreadable
+    /// or computed from other inputs is computed again).
+    pub fn saved_hessians(&self, key: &str) -> Option<Hessians> {
+        let (h, saved) = Hessians::load(&self.dir.join(CALIBRATION).join(HESSIANS)).ok()?;
+        (saved == key).then_some(h)
+    }
+
+    /// `calibration/hessians.safetensors`: the input Hessians under `key`.
+    pub fn write_hessians(&self, hessians: &Hessians, key: &str) -> Result<()> {
+        hessians.save(&self.calibration()?.join(HESSIANS), key)
     }
 
     /// `pareto.svg`.

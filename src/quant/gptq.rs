@@ -126,13 +126,20 @@ impl HessianSum {
         self.tokens += t as u64;
     }
 
-    /// The mean over the tokens added.
+    /// The mean over the tokens added, exactly symmetric (the two halves' sums, computed in
+    /// different blocks, are averaged), so the upper triangle holds it all.
     pub fn finish(self) -> Hessian {
-        let n = self.tokens.max(1) as f64;
+        let (n, t) = (self.dim, self.tokens.max(1) as f64);
+        let values = (0..n * n)
+            .map(|k| {
+                let (i, j) = (k / n, k % n);
+                ((self.sum[i * n + j] + self.sum[j * n + i]) / (2.0 * t)) as f32
+            })
+            .collect();
         Hessian {
-            dim: self.dim,
+            dim: n,
             tokens: self.tokens,
-            values: self.sum.iter().map(|s| (s / n) as f32).collect(),
+            values,
         }
     }
 }

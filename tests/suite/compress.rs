@@ -390,6 +390,13 @@ fn an_interrupted_compress_leaves_only_finished_files_and_resumes_to_the_same_re
             .collect::<Vec<_>>(),
     );
     assert_eq!(code, 0, "{stderr}");
+    // The calibration pass is not run again: its results are read back from the first run's
+    // files, and (the genome below) lead to the same choice.
+    assert!(
+        stderr.contains("calibration statistics reused")
+            && stderr.contains("input Hessians reused"),
+        "{stderr}"
+    );
     let genome = |d: &Path| json(&d.join("qpipe.json"))["genome"].clone();
     assert_eq!(
         genome(&cut),
@@ -417,7 +424,15 @@ fn a_full_disk_fails_the_write_with_one_line_and_leaves_no_temp_file() {
         .args(small(
             "hexagon",
             &out,
-            &["--population", "4", "--generations", "1"],
+            // Rounded to nearest: no input Hessians (4.9 MB) to save before the packed file.
+            &[
+                "--population",
+                "4",
+                "--generations",
+                "1",
+                "--rounding",
+                "rtn",
+            ],
         ))
         .output()
         .unwrap();

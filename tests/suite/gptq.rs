@@ -46,6 +46,40 @@ fn hessians_are_shared_by_the_layers_that_read_one_input_and_match_the_importanc
     }
 }
 
+#[test]
+fn saved_hessians_read_back_identical_and_bad_files_are_one_line_errors() {
+    let _cpu = common::busy();
+    let (model, cal) = common::tiny_and_calibration();
+    let hs = hessians::collect(&model, &qpipe::data::sequences(&cal, 128, 512)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hessians.safetensors");
+    hs.save(&path, "key").unwrap();
+    // The upper triangles hold it all: the Hessians are exactly symmetric.
+    let (back, key) = calib::Hessians::load(&path).unwrap();
+    assert!(back == hs);
+    assert_eq!(key, "key");
+    let bytes = std::fs::read(&path).unwrap();
+    let name = path.display().to_string();
+    let error = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        calib::Hessians::load(&path).unwrap_err().to_string()
+    };
+    let e = error(&bytes[..bytes.len() - 100]);
+    assert!(e.contains(&name) && !e.contains('\n'), "{e}");
+    // A header claiming a dimension its tensor does not have.
+    let mut lying = bytes.clone();
+    let at = lying.windows(6).position(|w| w == b"[[256,").unwrap();
+    lying[at + 4] = b'5';
+    let e = error(&lying);
+    assert!(e.contains(&name) && e.contains("input.0"), "{e}");
+    // A NaN in a value.
+    let mut nan = bytes.clone();
+    let at = nan.len() - 4;
+    nan[at..].copy_from_slice(&f32::NAN.to_le_bytes());
+    let e = error(&nan);
+    assert!(e.contains("NaN"), "{e}");
+}
+
 /// Every multiplied weight `format` fits fake-quantized in it, rounded by GPTQ or to nearest;
 /// returns the mean held-out KL.
 fn whole_model_kld(c: &common::Calibrated, format: Format, gptq: bool) -> f64 {

@@ -16,17 +16,21 @@ sha_ok() { [ -f "$1" ] && echo "$2  $1" | sha256sum --check --quiet --status; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# The PyPI `gguf` package (llama.cpp's own Python reader) with pinned dependencies, in
-# models/.pylib for tests/suite/export_gguf.rs: an implementation independent of candle's reads back
-# qpipe's GGUF exports. `--no-deps` with every dependency pinned keeps the install reproducible;
-# the marker holds the pins and the Python version, so a change of either reinstalls.
+# The PyPI `gguf` package (llama.cpp's own Python reader) and `onnx` + `onnxruntime` with pinned
+# dependencies, in models/.pylib for tests/suite/export_gguf.rs and export_onnx.rs: independent
+# implementations read back and run qpipe's GGUF and ONNX exports. `--no-deps` with every
+# dependency pinned keeps the install reproducible; the marker holds the pins and the Python
+# version, so a change of either reinstalls.
 PYLIB=models/.pylib
-PYLIB_PINS="gguf==0.17.1 numpy==2.2.6 pyyaml==6.0.2 tqdm==4.67.1"
+PYLIB_PINS="gguf==0.17.1 numpy==2.2.6 pyyaml==6.0.2 tqdm==4.67.1 \
+onnx==1.19.1 protobuf==6.33.0 ml_dtypes==0.5.3 typing_extensions==4.15.0 \
+onnxruntime==1.23.2 flatbuffers==25.9.23 packaging==25.0 sympy==1.14.0 mpmath==1.3.0 \
+coloredlogs==15.0.1 humanfriendly==10.0"
 pylib_marker="$PYLIB_PINS python$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 if [ "$(cat "$PYLIB/.installed" 2>/dev/null)" = "$pylib_marker" ]; then
-  echo "gguf (python): up to date ($PYLIB)"
+  echo "python packages: up to date ($PYLIB)"
 else
-  echo "gguf (python): installing $PYLIB_PINS into $PYLIB"
+  echo "python packages: installing $PYLIB_PINS into $PYLIB"
   rm -rf "$PYLIB.partial"
   # shellcheck disable=SC2086 # the pins are separate words
   if ! python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$PYLIB.partial" \

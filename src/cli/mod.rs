@@ -8,6 +8,7 @@
 mod check;
 mod compress;
 mod eval;
+mod export;
 mod import;
 mod inspect;
 mod sensitivity;
@@ -44,6 +45,8 @@ enum Command {
     Eval(eval::Args),
     /// CI gate: exit 0 when the packed checkpoint's accuracy holds, 1 on a regression.
     Check(check::Args),
+    /// Convert a packed checkpoint for a runtime (ONNX with QDQ).
+    Export(export::Args),
     /// Measured accuracy loss of quantizing each matmul weight alone, per candidate format.
     Sensitivity(sensitivity::Args),
     /// Hardware targets: legal formats, cost-model parameters and sources; cost estimates.
@@ -58,6 +61,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<i32> {
         Command::Check(args) => check::run(&args, out),
         Command::Inspect(args) => inspect::run(&args, out),
         Command::Import(args) => import::run(&args, out),
+        Command::Export(args) => export::run(&args, out),
         Command::Sensitivity(args) => sensitivity::run(&args, out),
         Command::Targets(args) => targets::run(&args, out),
     }

@@ -2,4 +2,5 @@
 //! GGUF files for llama.cpp.
 
 pub mod gguf;
+pub mod onnx;
 pub mod packed;

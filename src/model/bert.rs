@@ -47,7 +47,7 @@ fn absolute() -> String {
 
 /// The feed-forward activation, resolved from `hidden_act`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Activation {
+pub enum Activation {
     /// HF "gelu": exact `x * Phi(x)` with erf.
     GeluErf,
     /// HF "gelu_new" / "gelu_pytorch_tanh": the tanh approximation.
@@ -64,8 +64,9 @@ impl Activation {
 }
 
 impl BertConfig {
-    /// Checks the config describes a model this forward pass computes exactly.
-    fn validate(&self, checkpoint: &Checkpoint) -> Result<Activation> {
+    /// Checks the config describes a model this forward pass computes exactly; returns its
+    /// feed-forward activation.
+    pub fn validate(&self, checkpoint: &Checkpoint) -> Result<Activation> {
         let path = weights::config_path(checkpoint);
         let positive = [
             ("vocab_size", self.vocab_size),

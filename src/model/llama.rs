@@ -92,7 +92,8 @@ impl LlamaConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    fn window(&self) -> Option<usize> {
+    /// The sliding attention window, when the model applies one.
+    pub fn window(&self) -> Option<usize> {
         self.sliding_window
             .filter(|_| self.use_sliding_window != Some(false))
     }
@@ -139,7 +140,7 @@ impl LlamaConfig {
     }
 
     /// RoPE inverse frequencies (head_dim / 2 of them), with the configured scaling.
-    fn inv_freq(&self) -> Vec<f32> {
+    pub fn inv_freq(&self) -> Vec<f32> {
         let d = self.head_dim();
         let mut freqs: Vec<f64> = (0..d / 2)
             .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / d as f64))

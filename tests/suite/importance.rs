@@ -83,14 +83,7 @@ fn importance_weighted_mse_on_minilm() {
         .collect();
     let embed = || -> Vec<f32> {
         ids.iter()
-            .flat_map(|s| {
-                let t = candle_core::Tensor::new(s.as_slice(), &candle_core::Device::Cpu)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap();
-                let e = bert.embed(&t, &t.ones_like().unwrap()).unwrap();
-                e.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-            })
+            .flat_map(|s| common::bert_embedding(bert, s))
             .collect()
     };
     let reference = embed();

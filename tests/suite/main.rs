@@ -17,6 +17,7 @@ mod cli_inspect;
 mod compress;
 mod eval_metrics;
 mod export_gguf;
+mod export_onnx;
 mod gguf_tokenizer;
 mod gptq;
 mod hardware;

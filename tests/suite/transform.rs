@@ -8,7 +8,7 @@ use qpipe::checkpoint::Checkpoint;
 use qpipe::export::packed::{self, Choice, Folded, Others};
 use qpipe::model::llama::sequence_logits;
 use qpipe::model::{Model, Overrides};
-use qpipe::packed::{Packed, Provenance};
+use qpipe::packed::Packed;
 use qpipe::quant::{
     Activation, ActivationQuant, Calibrator, FloatType, Format, Rescale, Rounding, Symmetry,
     Transform,
@@ -30,13 +30,7 @@ fn write_and_load(
     folded: &Folded<'_>,
 ) -> Model {
     let path = out.join("model.qpipe.safetensors");
-    let provenance = Provenance {
-        input_sha256: String::new(),
-        calibration_sha256: String::new(),
-        seed: 0,
-        qpipe_version: "test".into(),
-        command: Vec::new(),
-    };
+    let provenance = common::test_provenance();
     std::fs::copy(dir.join("config.json"), out.join("config.json")).unwrap();
     packed::write(
         &path,

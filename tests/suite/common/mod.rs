@@ -124,6 +124,27 @@ pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
+/// The sentence embedding `bert` computes for the single sequence `ids` (every token attended).
+pub fn bert_embedding(bert: &qpipe::model::bert::Bert, ids: &[u32]) -> Vec<f32> {
+    let t = candle_core::Tensor::new(ids, &candle_core::Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let e = bert.embed(&t, &t.ones_like().unwrap()).unwrap();
+    e.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// The provenance tests write packed checkpoints with.
+pub fn test_provenance() -> qpipe::packed::Provenance {
+    qpipe::packed::Provenance {
+        input_sha256: String::new(),
+        calibration_sha256: String::new(),
+        seed: 0,
+        qpipe_version: "test".into(),
+        command: Vec::new(),
+    }
+}
+
 /// A safetensors file assembled by hand: 8-byte length, `header` padded to 8 bytes, `data`.
 pub fn raw_safetensors(header: &str, data: &[u8]) -> Vec<u8> {
     let mut h = header.as_bytes().to_vec();

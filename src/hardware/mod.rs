@@ -15,4 +15,6 @@ pub use cost::{
     MatmulShape, PhaseCost, Rates,
 };
 pub use measure::{calibrate, validate, Cache, Calibration, Validation};
-pub use profile::{target, targets, Legality, Precision, Sourced, Support, Target};
+pub use profile::{
+    target, targets, DeployFormat, Deploys, Legality, Precision, Sourced, Support, Target,
+};

@@ -216,6 +216,24 @@ pub struct OtherTensors {
     pub source: String,
 }
 
+/// The file a target's toolchain loads, which `compress` writes beside the packed checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deploys {
+    /// The format.
+    pub format: DeployFormat,
+    /// Which toolchain loads it: `datasheet: ...`.
+    pub source: String,
+}
+
+/// Formats a target's toolchain loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployFormat {
+    /// ONNX with QuantizeLinear/DequantizeLinear.
+    Onnx,
+}
+
 /// Whether a filter allows `value`: a missing list allows everything.
 fn allows<T: PartialEq>(list: &Option<Vec<T>>, value: &T) -> bool {
     list.as_ref().is_none_or(|l| l.contains(value))
@@ -319,6 +337,9 @@ pub struct Target {
     /// The energy figures, resolved from `energy`.
     #[serde(default, skip_deserializing)]
     pub energy_model: Option<EnergyModel>,
+    /// What its toolchain loads (beside the packed checkpoint), if qpipe writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploys: Option<Deploys>,
     /// Legality rules, first match wins; no match is illegal.
     pub rules: Vec<Rule>,
     /// The float type of norms and biases where the target computes them narrower than they

@@ -412,9 +412,16 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         None
     };
 
+    let packed_file = Packed::open(&packed_path)?;
+    let onnx = if policy::writes_onnx(&target) {
+        Some(export::onnx::write(&packed_file, &out.onnx())?)
+    } else {
+        None
+    };
+
     stage(Stage::HeldOut);
     let points: Vec<&Point> = outcome.seeds.iter().chain([&selected]).collect();
-    let packed_model = Model::load_packed(&Packed::open(&packed_path)?)?;
+    let packed_model = Model::load_packed(&packed_file)?;
     let (held_out, packed) = held_out(&model, &evaluator, &points, &packed_model, &eval_sequences)?;
     let estimate = estimate(rates.as_ref(), &space, &selected, seq_len);
     let report = CompressReport {
@@ -439,6 +446,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         size: Size::new(&written, space.parameters(), input_bytes(&checkpoint)?),
         written,
         gguf,
+        onnx,
         provenance,
     };
     out.write_report(&report)?;

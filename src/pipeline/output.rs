@@ -110,6 +110,8 @@ pub struct CompressReport {
     pub size: Size,
     /// The GGUF file (`--target llama-cpp`).
     pub gguf: Option<crate::gguf::writer::Written>,
+    /// The ONNX file (targets whose toolchains load ONNX).
+    pub onnx: Option<crate::export::onnx::Written>,
     /// Where it all came from.
     pub provenance: Provenance,
 }
@@ -167,6 +169,11 @@ impl OutDir {
     /// The GGUF file for llama.cpp.
     pub fn gguf(&self) -> PathBuf {
         self.dir.join("model.gguf")
+    }
+
+    /// The ONNX file for the targets whose toolchains load ONNX.
+    pub fn onnx(&self) -> PathBuf {
+        self.dir.join("model.onnx")
     }
 
     /// The search state `--resume` continues.

@@ -180,6 +180,15 @@ pub fn writes_gguf(target: &Target) -> bool {
     target.measured == Some(Backend::Candle)
 }
 
+/// Whether a run for `target` also writes `model.onnx`: the targets whose toolchains load ONNX
+/// with QuantizeLinear/DequantizeLinear (QNN, TensorRT, OpenVINO, onnxruntime).
+pub fn writes_onnx(target: &Target) -> bool {
+    target
+        .deploys
+        .as_ref()
+        .is_some_and(|d| d.format == crate::hardware::DeployFormat::Onnx)
+}
+
 /// A genome compared on the validation tokens.
 #[derive(Debug, Serialize)]
 pub struct Validated {

@@ -142,6 +142,17 @@ pub fn summary(r: &CompressReport) -> String {
             g.tensors
         );
     }
+    if let Some(o) = &r.onnx {
+        let widened = match o.widened.len() {
+            0 => String::new(),
+            n => format!("; {n} weights stored in a wider ONNX integer type (see qpipe.json)"),
+        };
+        s += &format!(
+            "model.onnx (opset 21, QDQ) for {}'s toolchain: {}{widened}\n",
+            r.target,
+            human_bytes(o.file_bytes)
+        );
+    }
     s += &format!(
         "estimated on {}: {:.3} ms, {:.3} mJ per {} (cost model, not measured)\n",
         r.target,

@@ -40,7 +40,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
                 .out
                 .clone()
                 .unwrap_or_else(|| packed.checkpoint.dir().join("model.onnx"));
-            onnx::write(&packed, &path)?
+            onnx::write(&packed, &path, onnx::Data::Auto)?
         }
     };
     if args.json {

@@ -414,7 +414,11 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
 
     let packed_file = Packed::open(&packed_path)?;
     let onnx = if policy::writes_onnx(&target) {
-        Some(export::onnx::write(&packed_file, &out.onnx())?)
+        Some(export::onnx::write(
+            &packed_file,
+            &out.onnx(),
+            export::onnx::Data::Auto,
+        )?)
     } else {
         None
     };

@@ -153,7 +153,7 @@ fn onnxruntime_computes_what_qpipe_computes_on_the_packed_weights() {
     });
     let packed = Packed::open(&path).unwrap();
     let model = Model::load_packed(&packed).unwrap();
-    let written = onnx::write(&packed, &dir.path().join("model.onnx")).unwrap();
+    let written = onnx::write(&packed, &dir.path().join("model.onnx"), onnx::Data::Auto).unwrap();
     let mut widened: Vec<&str> = written.widened.iter().map(|w| w.format.as_str()).collect();
     widened.sort();
     widened.dedup();
@@ -179,6 +179,17 @@ fn onnxruntime_computes_what_qpipe_computes_on_the_packed_weights() {
         );
         assert!(err <= 1e-3, "onnxruntime vs qpipe: {err:e}");
     }
+    // The same model with its initializers as external data computes the same.
+    let external = dir.path().join("external.onnx");
+    let split = onnx::write(&packed, &external, onnx::Data::External).unwrap();
+    let data = split.data_path.as_ref().unwrap();
+    assert!(std::fs::metadata(&external).unwrap().len() < 64 * 1024);
+    assert!(std::fs::metadata(data).unwrap().len() > 1_000_000);
+    assert_eq!(
+        ort_logits(&lib, &external, &c.held_out, Compute::Graph),
+        exact,
+        "external data"
+    );
     // With onnxruntime's defaults (int8 activations in its int4 matmuls) the held-out KL
     // stays within 3% of qpipe's.
     let fused = ort_logits(&lib, &written.path, &c.held_out, Compute::Default);
@@ -197,7 +208,7 @@ fn onnxruntime_computes_what_qpipe_computes_on_the_packed_weights() {
     assert!(layers >= 2);
     let packed = Packed::open(&path).unwrap();
     let model = Model::load_packed(&packed).unwrap();
-    let written = onnx::write(&packed, &dir.path().join("model.onnx")).unwrap();
+    let written = onnx::write(&packed, &dir.path().join("model.onnx"), onnx::Data::Auto).unwrap();
     let theirs = ort_logits(&lib, &written.path, &c.held_out, Compute::Default);
     compare_kld(&c, &model, &theirs, "A8/A16 inputs");
 }
@@ -274,7 +285,8 @@ fn onnxruntime_runs_minilm_as_qpipe_does() {
         );
         let packed = Packed::open(&path).unwrap();
         let ours = embed(&Model::load_packed(&packed).unwrap());
-        let written = onnx::write(&packed, &out.path().join("model.onnx")).unwrap();
+        let written =
+            onnx::write(&packed, &out.path().join("model.onnx"), onnx::Data::Auto).unwrap();
         let theirs = ort_logits(&lib, &written.path, &windows, Compute::Graph);
         let fused = ort_logits(&lib, &written.path, &windows, Compute::Default);
         let (q, o, d) = (
@@ -330,7 +342,7 @@ fn smollm2_w4a16_onnx_runs_in_onnxruntime() {
     );
     let packed = Packed::open(&path).unwrap();
     let model = Model::load_packed(&packed).unwrap();
-    let written = onnx::write(&packed, &out.path().join("model.onnx")).unwrap();
+    let written = onnx::write(&packed, &out.path().join("model.onnx"), onnx::Data::Auto).unwrap();
     let packed_bytes = std::fs::metadata(&path).unwrap().len();
     eprintln!(
         "SmolLM2 W4A16: model.onnx {} bytes, packed {packed_bytes} bytes ({:+.2}%)",

@@ -10,7 +10,7 @@ mod graph;
 mod llama;
 pub mod weights;
 
-use crate::checkpoint::write::write_atomic;
+use crate::checkpoint::write::{atomically, write_atomic};
 use crate::error::{Error, Result};
 use crate::model::arch::{self, Family};
 use crate::model::bert::BertConfig;
@@ -22,14 +22,30 @@ use std::path::{Path, PathBuf};
 pub use weights::Widened;
 
 /// The largest file protobuf can serialise in one message.
-const PROTOBUF_LIMIT: usize = (2 << 30) - 1;
+const PROTOBUF_LIMIT: u64 = (2 << 30) - 1;
+/// Initializers at least this large go to the external data file when there is one.
+const EXTERNAL_MIN_BYTES: usize = 1024;
+/// Alignment of each tensor in the external data file.
+const EXTERNAL_ALIGN: u64 = 64;
+
+/// Where the initializers' bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Data {
+    /// In the model file while it fits protobuf's 2 GB limit, else as external data.
+    Auto,
+    /// As ONNX external data in `<file>.data` beside the model (every initializer of 1 KB or
+    /// more), whatever the size.
+    External,
+}
 
 /// What [`write`] wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct Written {
-    /// The file.
+    /// The model file.
     pub path: PathBuf,
-    /// Its size.
+    /// Its external data file, if the initializers went there.
+    pub data_path: Option<PathBuf>,
+    /// Bytes of the model file and its data file together (what ships).
     pub file_bytes: u64,
     /// Bytes of the initializers (weights, scales, zero-points, norms).
     pub initializer_bytes: u64,
@@ -37,8 +53,9 @@ pub struct Written {
     pub widened: Vec<Widened>,
 }
 
-/// Writes the model of `packed` to `path` as ONNX (opset 21), atomically.
-pub fn write(packed: &Packed, path: &Path) -> Result<Written> {
+/// Writes the model of `packed` to `path` as ONNX (opset 21), atomically, its initializers
+/// where `data` says.
+pub fn write(packed: &Packed, path: &Path, data: Data) -> Result<Written> {
     let found = arch::detect(&packed.checkpoint);
     let (graph, widened) = match found.family {
         Some(Family::Llama) => {
@@ -72,23 +89,89 @@ pub fn write(packed: &Packed, path: &Path) -> Result<Written> {
             packed.manifest.provenance.seed
         ),
     );
-    let bytes = model
-        .write_to_bytes()
-        .map_err(|e| Error::invalid(path, format!("cannot encode the ONNX model: {e}")))?;
-    if bytes.len() > PROTOBUF_LIMIT {
-        return Err(Error::unsupported(
-            path,
-            format!(
-                "the model is {} bytes, past protobuf's 2 GB limit (external data is not written yet)",
-                bytes.len()
-            ),
-        ));
+    let mut model = model;
+    let external = data == Data::External || model.compute_size() > PROTOBUF_LIMIT;
+    let data_path = external.then(|| {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".data");
+        path.with_file_name(name)
+    });
+    let mut data_bytes = 0;
+    if let Some(data_path) = &data_path {
+        data_bytes = write_external(&mut model, data_path)?;
     }
-    write_atomic(path, &bytes)?;
+    let encoded = model.write_to_bytes();
+    let written = encoded
+        .map_err(|e| Error::invalid(path, format!("cannot encode the ONNX model: {e}")))
+        .and_then(|bytes| {
+            if bytes.len() as u64 > PROTOBUF_LIMIT {
+                return Err(Error::unsupported(
+                    path,
+                    format!(
+                        "the graph alone is {} bytes, past protobuf's 2 GB limit",
+                        bytes.len()
+                    ),
+                ));
+            }
+            write_atomic(path, &bytes).map(|()| bytes.len() as u64)
+        });
+    let model_bytes = match written {
+        Ok(n) => n,
+        Err(e) => {
+            // No model file refers to the data file: leave nothing behind.
+            if let Some(d) = &data_path {
+                let _ = std::fs::remove_file(d);
+            }
+            return Err(e);
+        }
+    };
     Ok(Written {
         path: path.to_path_buf(),
-        file_bytes: bytes.len() as u64,
+        data_path,
+        file_bytes: model_bytes + data_bytes,
         initializer_bytes,
         widened,
     })
+}
+
+/// Moves the bytes of `model`'s initializers of at least [`EXTERNAL_MIN_BYTES`] into
+/// `data_path` (atomically; each at a 64-byte aligned offset) and points them there, as ONNX's
+/// external data; returns the data file's size.
+fn write_external(model: &mut onnx_protobuf::ModelProto, data_path: &Path) -> Result<u64> {
+    use onnx_protobuf::tensor_proto::DataLocation;
+    use onnx_protobuf::StringStringEntryProto;
+    let location = data_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let graph = model.graph.mut_or_insert_default();
+    let mut offset = 0u64;
+    atomically(data_path, |out, tmp| {
+        for t in graph
+            .initializer
+            .iter_mut()
+            .filter(|t| t.raw_data.len() >= EXTERNAL_MIN_BYTES)
+        {
+            let start = offset.next_multiple_of(EXTERNAL_ALIGN);
+            out.write_all(&vec![0u8; (start - offset) as usize])
+                .and_then(|()| out.write_all(&t.raw_data))
+                .map_err(Error::io(tmp))?;
+            let length = t.raw_data.len() as u64;
+            offset = start + length;
+            let entry = |key: &str, value: String| StringStringEntryProto {
+                key: key.into(),
+                value,
+                ..Default::default()
+            };
+            t.external_data = vec![
+                entry("location", location.clone()),
+                entry("offset", start.to_string()),
+                entry("length", length.to_string()),
+            ];
+            t.data_location = DataLocation::EXTERNAL.into();
+            t.raw_data = Vec::new();
+        }
+        Ok(())
+    })?;
+    Ok(offset)
 }

@@ -419,4 +419,13 @@ fn export_of_a_bad_packed_checkpoint_exits_2_and_writes_nothing() {
         e.contains("GPT2LMHeadModel") && e.contains("no ONNX builder"),
         "{e}"
     );
+    // GGUF blocks have no ONNX operator: the error names the weight's type.
+    let gguf = dir.path().join("gguf-src");
+    std::fs::create_dir(&gguf).unwrap();
+    let q4_0: Format = "q4_0".parse().unwrap();
+    let path = pack(&tiny(), &model, &gguf, Others::AsStored, |_, _, m| {
+        (if m { q4_0 } else { int4 }, None)
+    });
+    let (_, e) = case("gguf", &std::fs::read(path).unwrap(), &config);
+    assert!(e.contains("q4_0") && e.contains("no operator"), "{e}");
 }

@@ -193,7 +193,7 @@ pub fn weight(
         QuantizedTensor::Gguf(_) => Err(Error::unsupported(
             file,
             format!(
-                "'{name}' is stored as {}, which ONNX has no operator for (export it with --export gguf)",
+                "'{name}' is stored as {}, which ONNX has no operator for (the llama-cpp target writes GGUF)",
                 entry.format
             ),
         )),

@@ -173,8 +173,10 @@ pub fn write_safetensors(
             (name.clone(), info)
         })
         .collect();
+    // Through a JSON value, whose maps are sorted: the metadata is a HashMap, and serialising
+    // it directly would order its keys differently from run to run.
     let header = Metadata::new(metadata, infos)
-        .and_then(|m| Ok(serde_json::to_string(&m)?))
+        .and_then(|m| Ok(serde_json::to_string(&serde_json::to_value(&m)?)?))
         .map_err(|e| Error::invalid(path, format!("cannot build safetensors header: {e}")))?;
     let mut header = header.into_bytes();
     header.resize(header.len().next_multiple_of(8), b' ');
@@ -205,6 +207,28 @@ pub fn write_safetensors(
 mod tests {
     use super::*;
     use crate::checkpoint::Checkpoint;
+
+    /// Metadata with many keys (a HashMap, iterated in a random order per map) is written in
+    /// the same order every time: same inputs, same bytes.
+    #[test]
+    fn metadata_keys_are_written_in_one_order() {
+        let dir = std::env::temp_dir().join(format!("qpipe-meta-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str| {
+            let path = dir.join(name);
+            let tensors = vec![("t".to_string(), LazyTensor::f32(vec![1], || vec![1.0]))];
+            let meta = (0..16)
+                .map(|i| (format!("key{i}"), i.to_string()))
+                .collect();
+            write_safetensors(&path, &tensors, Some(meta)).unwrap();
+            std::fs::read(path).unwrap()
+        };
+        let first = write("a.safetensors");
+        for i in 0..8 {
+            assert!(write(&format!("b{i}.safetensors")) == first);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn writes_a_valid_aligned_file_under_the_umask() {

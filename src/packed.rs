@@ -198,6 +198,34 @@ impl Packed {
         })
     }
 
+    /// `path` as [`Packed::open`] reads it when it holds a qpipe manifest, else a float
+    /// checkpoint seen as a packed one with nothing quantized (every tensor as stored): so the
+    /// exports can also write the float reference.
+    pub fn open_or_float(path: &Path) -> Result<Packed> {
+        let checkpoint = Checkpoint::open(path)?;
+        if checkpoint.metadata(METADATA_KEY).is_some() {
+            let manifest = Manifest::read(&checkpoint)?;
+            return Ok(Packed {
+                checkpoint,
+                manifest,
+            });
+        }
+        Ok(Packed {
+            checkpoint,
+            manifest: Manifest {
+                format_version: FORMAT_VERSION,
+                tensors: BTreeMap::new(),
+                provenance: Provenance {
+                    input_sha256: String::new(),
+                    calibration_sha256: String::new(),
+                    seed: 0,
+                    qpipe_version: env!("CARGO_PKG_VERSION").to_string(),
+                    command: Vec::new(),
+                },
+            },
+        })
+    }
+
     /// The stored weight `name` (a key of the manifest) as a [`QuantizedTensor`].
     pub fn weight(&self, name: &str) -> Result<QuantizedTensor> {
         let file = self.checkpoint.first_file();

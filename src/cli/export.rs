@@ -18,7 +18,8 @@ enum Format {
 /// Arguments of `qpipe export`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The packed checkpoint (model.qpipe.safetensors, or the directory holding it).
+    /// The packed checkpoint (model.qpipe.safetensors, or the directory holding it); a float
+    /// model is exported unquantized (the reference to compare a quantized export with).
     packed: PathBuf,
     /// What to write.
     #[arg(long, value_enum)]
@@ -33,7 +34,7 @@ pub struct Args {
 
 /// Runs `qpipe export`.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
-    let packed = Packed::open(&args.packed)?;
+    let packed = Packed::open_or_float(&args.packed)?;
     let written = match args.format {
         Format::Onnx => {
             let path = args

@@ -185,9 +185,13 @@ pub fn weight(
         }
         QuantizedTensor::Float(t, bytes) => {
             let dtype = t.dtype();
-            let size = dtype.bitsize() / 8;
-            let items: Vec<&[u8]> = bytes.chunks_exact(size).collect();
-            let raw = arrange(&items, rows, cols, layout).concat();
+            let raw = match layout {
+                Layout::Rows => bytes,
+                Layout::Columns => {
+                    let items: Vec<&[u8]> = bytes.chunks_exact(dtype.bitsize() / 8).collect();
+                    arrange(&items, rows, cols, layout).concat()
+                }
+            };
             Ok(cast(g, name, dtype, &dims, raw))
         }
         QuantizedTensor::Gguf(_) => Err(Error::unsupported(

@@ -36,15 +36,23 @@ pub fn quantize(
     Format::Gguf(t).check(rows, cols)?;
     let named = |m: String| format!("{}: {m}", Format::Gguf(t));
     let reference = cal == Calibrator::MinMax;
-    if blocks::handles(t) && !(reference && gptq.is_none()) {
-        let bytes = blocks::quantize(w, rows, cols, t, imp, reference, gptq).map_err(named)?;
-        return qtensor_from_ggml(t.ggml(), &bytes, vec![rows, cols], &Device::Cpu)
-            .map_err(|e| named(candle_message(&e)));
-    }
-    if let Some(f) = gptq {
-        let bytes = kquants::quantize_gptq(w, rows, cols, t, imp, f).map_err(named)?;
-        return qtensor_from_ggml(t.ggml(), &bytes, vec![rows, cols], &Device::Cpu)
-            .map_err(|e| named(candle_message(&e)));
+    // Blocks qpipe writes itself: the 32-blocks (unless candle's reference quantizer is
+    // asked for), and the k-quants rounded by GPTQ.
+    let bytes = match gptq {
+        _ if blocks::handles(t) && !(reference && gptq.is_none()) => {
+            Some(blocks::quantize(w, rows, cols, t, imp, reference, gptq))
+        }
+        Some(f) => Some(kquants::quantize_gptq(w, rows, cols, t, imp, f)),
+        None => None,
+    };
+    if let Some(bytes) = bytes {
+        return qtensor_from_ggml(
+            t.ggml(),
+            &bytes.map_err(named)?,
+            vec![rows, cols],
+            &Device::Cpu,
+        )
+        .map_err(|e| named(candle_message(&e)));
     }
     let src = Tensor::from_slice(w, (rows, cols), &Device::Cpu).map_err(|e| candle_message(&e))?;
     let q = match imp {

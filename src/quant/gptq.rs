@@ -298,11 +298,11 @@ impl Factor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A deterministic pseudo-random stream in [-1, 1).
-    fn noise(seed: u64, n: usize) -> Vec<f32> {
+    pub(crate) fn noise(seed: u64, n: usize) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         (0..n)
             .map(|_| {
@@ -315,7 +315,7 @@ mod tests {
     }
 
     /// Correlated inputs: a few shared factors plus noise, and some outlier channels.
-    fn inputs(tokens: usize, dim: usize) -> Vec<f32> {
+    pub(crate) fn inputs(tokens: usize, dim: usize) -> Vec<f32> {
         let f = noise(1, tokens * 4);
         let e = noise(2, tokens * dim);
         let mix = noise(3, 4 * dim);
@@ -330,7 +330,7 @@ mod tests {
         x
     }
 
-    fn hessian(x: &[f32], dim: usize) -> Hessian {
+    pub(crate) fn hessian(x: &[f32], dim: usize) -> Hessian {
         let mut s = HessianSum::new(dim);
         for batch in x.chunks(dim * 37) {
             s.add(batch);
@@ -339,7 +339,7 @@ mod tests {
     }
 
     /// Σ over tokens and rows of ((w - q) x)², the layer output's squared error.
-    fn output_error(w: &[f32], q: &[f32], x: &[f32], rows: usize, dim: usize) -> f64 {
+    pub(crate) fn output_error(w: &[f32], q: &[f32], x: &[f32], rows: usize, dim: usize) -> f64 {
         let mut total = 0f64;
         for xt in x.chunks_exact(dim) {
             for r in 0..rows {

@@ -184,7 +184,7 @@ pub fn quantize_gptq(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::gptq::HessianSum;
+    use crate::quant::gptq::tests::{hessian, inputs, noise, output_error};
 
     const TYPES: [GgufType; 5] = [
         GgufType::Q2K,
@@ -193,19 +193,6 @@ mod tests {
         GgufType::Q5K,
         GgufType::Q6K,
     ];
-
-    /// A deterministic pseudo-random stream in [-1, 1).
-    fn noise(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     fn candle_bytes(t: GgufType, w: &[f32], rows: usize, cols: usize) -> Vec<u8> {
         let src = Tensor::from_slice(w, (rows, cols), &Device::Cpu).unwrap();
@@ -251,35 +238,10 @@ mod tests {
     #[test]
     fn gptq_onto_the_kquant_grids_lowers_the_output_error() {
         let (rows, dim, tokens) = (8, 256, 1024);
-        let f = noise(1, tokens * 4);
-        let e = noise(2, tokens * dim);
-        let mix = noise(3, 4 * dim);
-        let x: Vec<f32> = (0..tokens * dim)
-            .map(|i| {
-                let (t, c) = (i / dim, i % dim);
-                (0..4).map(|k| f[t * 4 + k] * mix[k * dim + c]).sum::<f32>() + 0.3 * e[i]
-            })
-            .collect();
-        let mut sum = HessianSum::new(dim);
-        sum.add(&x);
-        let factor = Factor::new(&sum.finish()).unwrap();
+        let x = inputs(tokens, dim);
+        let factor = Factor::new(&hessian(&x, dim)).unwrap();
         let w = noise(4, rows * dim);
-        let error = |q: &[f32]| -> f64 {
-            x.chunks_exact(dim)
-                .map(|xt| {
-                    (0..rows)
-                        .map(|r| {
-                            let d: f64 = (0..dim)
-                                .map(|i| {
-                                    f64::from(w[r * dim + i] - q[r * dim + i]) * f64::from(xt[i])
-                                })
-                                .sum();
-                            d * d
-                        })
-                        .sum::<f64>()
-                })
-                .sum()
-        };
+        let error = |q: &[f32]| output_error(&w, q, &x, rows, dim);
         for t in [GgufType::Q3K, GgufType::Q4K, GgufType::Q6K] {
             let rtn = dequantize(t, &candle_bytes(t, &w, rows, dim), rows, dim).unwrap();
             let bytes = quantize_gptq(&w, rows, dim, t, None, &factor).unwrap();

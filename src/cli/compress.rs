@@ -2,6 +2,7 @@
 
 use super::{print, Stderr};
 use qpipe::data::Builtin;
+use qpipe::pipeline::policy::Export;
 use qpipe::pipeline::{self, summary, CompressRequest, Limits, SearchPlan, Start, TextPlan};
 use qpipe::quant::{Calibrator, Format, Rounding, Transform};
 use qpipe::Result;
@@ -92,6 +93,11 @@ pub struct Args {
     /// layers, else none.
     #[arg(long, value_delimiter = ',')]
     transform: Vec<Transform>,
+    /// Files to ship: qpipe (model.qpipe.safetensors, what eval, check and export read), gguf
+    /// (llama.cpp), onnx (QDQ, plus the encodings file of a toolchain that reads one). Default:
+    /// qpipe and the file the target's runtime loads.
+    #[arg(long, value_delimiter = ',')]
+    export: Vec<Export>,
     /// Print the report as JSON on stdout instead of the summary.
     #[arg(long)]
     json: bool,
@@ -135,6 +141,7 @@ impl Args {
                 Start::Fresh
             },
             command: std::env::args().collect(),
+            exports: self.export.clone(),
         }
     }
 }

@@ -15,6 +15,13 @@ enum Format {
     Onnx,
 }
 
+/// Encodings files `export` writes beside the model.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Encodings {
+    /// AIMET's encodings JSON (Qualcomm QNN, AI Hub).
+    Aimet,
+}
+
 /// Arguments of `qpipe export`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,6 +34,10 @@ pub struct Args {
     /// Output file (default: model.onnx beside the packed checkpoint).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write a quantization-encodings file beside it: aimet (AIMET's JSON, version 1.0.0,
+    /// which Qualcomm's QNN converters and AI Hub read), as `--target hexagon` does.
+    #[arg(long, value_enum)]
+    encodings: Option<Encodings>,
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -41,7 +52,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
                 .out
                 .clone()
                 .unwrap_or_else(|| packed.checkpoint.dir().join("model.onnx"));
-            onnx::write(&packed, &path, onnx::Data::Auto)?
+            let encodings = args.encodings.map(|e| match e {
+                Encodings::Aimet => onnx::EncodingsFormat::Aimet,
+            });
+            onnx::write(&packed, &path, onnx::Data::Auto, encodings)?
         }
     };
     if args.json {
@@ -53,6 +67,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         written.path.display(),
         human_bytes(written.file_bytes)
     );
+    if let Some(e) = &written.encodings {
+        text.push_str(&qpipe::pipeline::summary::encodings(e));
+    }
     for w in &written.widened {
         text.push_str(&format!(
             "  {} ({}) stored as {}: ONNX has no narrower type\n",

@@ -40,7 +40,7 @@ enum Command {
     /// Convert a GGUF model (llama/qwen2) to F32 safetensors, config.json and tokenizer.json.
     Import(import::Args),
     /// Sensitivity, search, packed export and held-out evaluation for one hardware target.
-    Compress(compress::Args),
+    Compress(Box<compress::Args>),
     /// A packed checkpoint's accuracy, run on its packed weights, against the float model.
     Eval(eval::Args),
     /// CI gate: exit 0 when the packed checkpoint's accuracy holds, 1 on a regression.

@@ -16,5 +16,6 @@ pub use cost::{
 };
 pub use measure::{calibrate, validate, Cache, Calibration, Validation};
 pub use profile::{
-    target, targets, DeployFormat, Deploys, Legality, Precision, Sourced, Support, Target,
+    target, targets, DeployFormat, Deploys, EncodingsFormat, Legality, Precision, Sourced, Support,
+    Target,
 };

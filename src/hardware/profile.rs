@@ -222,8 +222,19 @@ pub struct OtherTensors {
 pub struct Deploys {
     /// The format.
     pub format: DeployFormat,
+    /// The quantization-encodings file its toolchain reads beside the model, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encodings: Option<EncodingsFormat>,
     /// Which toolchain loads it: `datasheet: ...`.
     pub source: String,
+}
+
+/// Quantization-encodings files a toolchain reads beside an ONNX model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingsFormat {
+    /// AIMET's encodings JSON, version 1.0.0 (Qualcomm's QNN converters and AI Hub).
+    Aimet,
 }
 
 /// Formats a target's toolchain loads.

@@ -3,7 +3,7 @@
 //! [`super::output`]'s; this file runs the stages in order and hands progress to the observer.
 
 use super::output::{CompressReport, HeldOut, OutDir, Size};
-use super::policy::{self, HELD_OUT_GROUP};
+use super::policy::{self, Export, HELD_OUT_GROUP};
 use super::{default_seq_len, load_tokens, Observer, Stage, Step};
 use crate::calib;
 use crate::checkpoint::Checkpoint;
@@ -50,6 +50,8 @@ pub struct CompressRequest {
     pub start: Start,
     /// The command line recorded in the provenance (empty for library callers that have none).
     pub command: Vec<String>,
+    /// The files to ship (empty: the target's, [`policy::default_exports`]).
+    pub exports: Vec<Export>,
 }
 
 /// Limits on the selected genome; `None` is no limit.
@@ -189,13 +191,14 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         ))
         .collect();
     let eval_sequences = crate::data::sequences(&eval_ids, seq_len, text.eval_tokens);
-    let out = OutDir::create(&request.out)?;
-    let constraints = constraints(&request.limits, observer);
 
-    // Formats and activation options the target runs.
+    // Formats and activation options the target runs, and the files that can carry them.
     let plan = &request.search;
     let activations = policy::activations(&target, &plan.formats);
     let formats = policy::candidate_formats(&target, &plan.formats, &activations)?;
+    let exports = policy::exports(&request.exports, &target, &model, &formats)?;
+    let out = OutDir::create(&request.out)?;
+    let constraints = constraints(&request.limits, observer);
     let space = Space::new(
         &model,
         &formats,
@@ -401,7 +404,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         &folded,
     )?;
     out.copy_side_files(&checkpoint)?;
-    let gguf = if policy::writes_gguf(&target) {
+    let gguf = if exports.contains(&Export::Gguf) {
         Some(export::gguf::write(
             &checkpoint,
             &choices,
@@ -413,11 +416,12 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
     };
 
     let packed_file = Packed::open(&packed_path)?;
-    let onnx = if policy::writes_onnx(&target) {
+    let onnx = if exports.contains(&Export::Onnx) {
         Some(export::onnx::write(
             &packed_file,
             &out.onnx(),
             export::onnx::Data::Auto,
+            target.deploys.as_ref().and_then(|d| d.encodings),
         )?)
     } else {
         None
@@ -427,6 +431,11 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
     let points: Vec<&Point> = outcome.seeds.iter().chain([&selected]).collect();
     let packed_model = Model::load_packed(&packed_file)?;
     let (held_out, packed) = held_out(&model, &evaluator, &points, &packed_model, &eval_sequences)?;
+    if !exports.contains(&Export::Qpipe) {
+        // Written for the other exports and the held-out run on the packed weights only.
+        drop((packed_file, packed_model));
+        std::fs::remove_file(&packed_path).map_err(Error::io(&packed_path))?;
+    }
     let estimate = estimate(rates.as_ref(), &space, &selected, seq_len);
     let report = CompressReport {
         target: target.name.clone(),
@@ -449,6 +458,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         cache_hits: outcome.cache_hits,
         size: Size::new(&written, space.parameters(), input_bytes(&checkpoint)?),
         written,
+        exports,
         gguf,
         onnx,
         provenance,

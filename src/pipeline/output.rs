@@ -104,13 +104,15 @@ pub struct CompressReport {
     pub requests: u64,
     /// Cache hits among them.
     pub cache_hits: u64,
-    /// The packed file.
+    /// The packed file (removed at the end when `qpipe` is not among the exports).
     pub written: Written,
+    /// The files shipped in the output directory.
+    pub exports: Vec<super::policy::Export>,
     /// Its size, whole model, against the input's.
     pub size: Size,
     /// The GGUF file (`--target llama-cpp`).
     pub gguf: Option<crate::gguf::writer::Written>,
-    /// The ONNX file (targets whose toolchains load ONNX).
+    /// The ONNX file (targets whose toolchains load ONNX), and its encodings file.
     pub onnx: Option<crate::export::onnx::Written>,
     /// Where it all came from.
     pub provenance: Provenance,

@@ -3,13 +3,13 @@
 //! a target gets, which formats the sensitivity measures rather than estimates, the default size
 //! limit, and how the final genome is chosen among the search's best.
 
-use crate::error::Result;
+use crate::error::{Error, Result, Subject};
 use crate::eval::{compare_all, Comparison, Variant};
 use crate::export::packed::Others;
 use crate::hardware::profile::Backend;
 use crate::hardware::Target;
 use crate::model::{Model, Usage};
-use crate::quant::{Activation, Format, Transform};
+use crate::quant::{Activation, FloatType, Format, Transform};
 use crate::search::fitness::Evaluator;
 use crate::search::{Constraints, Origin, Outcome, Point};
 use serde::Serialize;
@@ -174,19 +174,110 @@ pub fn others(target: &Target) -> Others {
     }
 }
 
-/// Whether a run for `target` also writes `model.gguf`: the llama.cpp target, whose matmuls are
-/// llama.cpp's kernels (run through candle's port of them), loads GGUF.
-pub fn writes_gguf(target: &Target) -> bool {
-    target.measured == Some(Backend::Candle)
+/// A file a compress run ships (`--export`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Export {
+    /// `model.qpipe.safetensors`, which `qpipe eval`, `check` and `export` read.
+    Qpipe,
+    /// `model.gguf` for llama.cpp.
+    Gguf,
+    /// `model.onnx` with QDQ (and the target's encodings file, if its toolchain reads one).
+    Onnx,
 }
 
-/// Whether a run for `target` also writes `model.onnx`: the targets whose toolchains load ONNX
-/// with QuantizeLinear/DequantizeLinear (QNN, TensorRT, OpenVINO, onnxruntime).
-pub fn writes_onnx(target: &Target) -> bool {
-    target
+impl Export {
+    /// Every export.
+    pub const ALL: [Export; 3] = [Export::Qpipe, Export::Gguf, Export::Onnx];
+
+    /// The name `--export` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Export::Qpipe => "qpipe",
+            Export::Gguf => "gguf",
+            Export::Onnx => "onnx",
+        }
+    }
+}
+
+impl std::str::FromStr for Export {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Export::ALL
+            .into_iter()
+            .find(|e| e.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| format!("unknown export '{s}' (known: qpipe, gguf, onnx)"))
+    }
+}
+
+impl std::fmt::Display for Export {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a run for `target` ships when `--export` is not given: the packed checkpoint, and the
+/// file the target's runtime loads: GGUF for the llama.cpp target (whose matmuls are
+/// llama.cpp's kernels, run through candle's port of them), ONNX for the targets whose
+/// toolchains load ONNX with QuantizeLinear/DequantizeLinear (QNN, TensorRT, OpenVINO,
+/// onnxruntime).
+pub fn default_exports(target: &Target) -> Vec<Export> {
+    let onnx = target
         .deploys
         .as_ref()
-        .is_some_and(|d| d.format == crate::hardware::DeployFormat::Onnx)
+        .is_some_and(|d| d.format == crate::hardware::DeployFormat::Onnx);
+    let gguf = target.measured == Some(Backend::Candle);
+    let mut exports = vec![Export::Qpipe];
+    exports.extend(gguf.then_some(Export::Gguf));
+    exports.extend(onnx.then_some(Export::Onnx));
+    exports
+}
+
+/// The exports asked for (`asked`, or the target's defaults when empty), sorted and deduplicated,
+/// once it is known that each can be written for `model` with every one of `formats`: before
+/// any long work, so an impossible `--export` fails at once.
+pub fn exports(
+    asked: &[Export],
+    target: &Target,
+    model: &Model,
+    formats: &[Format],
+) -> Result<Vec<Export>> {
+    let mut exports = if asked.is_empty() {
+        default_exports(target)
+    } else {
+        asked.to_vec()
+    };
+    exports.sort();
+    exports.dedup();
+    let bad = |why: String| Err(Error::invalid(Subject::option("--export"), why));
+    for e in &exports {
+        let (fits, family): (fn(&Format) -> bool, bool) = match e {
+            Export::Qpipe => continue,
+            Export::Gguf => (
+                |f| matches!(f, Format::Gguf(_) | Format::Float(FloatType::F32)),
+                matches!(model, Model::Llama(_)),
+            ),
+            Export::Onnx => (|f| !matches!(f, Format::Gguf(_)), true),
+        };
+        if !family {
+            return bad(format!(
+                "{e} export has no writer for this model's architecture"
+            ));
+        }
+        if let Some(f) = formats.iter().find(|f| !fits(f)) {
+            return bad(format!(
+                "{e} cannot store the candidate format {f} (target {}); choose --formats it stores{}",
+                target.name,
+                if *e == Export::Gguf {
+                    " (GGUF block types and f32), or --target llama-cpp"
+                } else {
+                    " (integer and float formats)"
+                }
+            ));
+        }
+    }
+    Ok(exports)
 }
 
 /// A genome compared on the validation tokens.

@@ -2,7 +2,7 @@
 //! result on held-out tokens, and what the limits cost.
 
 use super::output::CompressReport;
-use super::policy;
+use super::policy::{self, Export};
 use crate::eval::Comparison;
 use crate::report::{human_bytes, Table};
 use crate::search::Constraints;
@@ -126,9 +126,14 @@ pub fn summary(r: &CompressReport) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let shipped = if r.exports.contains(&Export::Qpipe) {
+        ""
+    } else {
+        " (removed: --export leaves qpipe out)"
+    };
     s += &format!(
-        "packed checkpoint: model.qpipe.safetensors, {:.2} MB ({:.1}x smaller than the input's \
-         {:.2} MB); held-out {} on the packed weights: {}\n",
+        "packed checkpoint: model.qpipe.safetensors{shipped}, {:.2} MB ({:.1}x smaller than the \
+         input's {:.2} MB); held-out {} on the packed weights: {}\n",
         r.size.file_bytes as f64 / 1e6,
         r.size.compression,
         r.size.input_bytes as f64 / 1e6,
@@ -152,6 +157,9 @@ pub fn summary(r: &CompressReport) -> String {
             r.target,
             human_bytes(o.file_bytes)
         );
+        if let Some(e) = &o.encodings {
+            s += &encodings(e);
+        }
     }
     s += &format!(
         "estimated on {}: {:.3} ms, {:.3} mJ per {} (cost model, not measured)\n",
@@ -165,4 +173,23 @@ pub fn summary(r: &CompressReport) -> String {
         }
     );
     s
+}
+
+/// One line on an encodings file: what it covers, and what it leaves to the graph.
+pub fn encodings(e: &crate::export::onnx::encodings::Written) -> String {
+    let omitted = match e.omitted.len() {
+        0 => String::new(),
+        n => format!(
+            "; {n} left to the graph's QDQ nodes ({}: {})",
+            e.omitted[0].name, e.omitted[0].reason
+        ),
+    };
+    format!(
+        "{}: AIMET encodings 1.0.0 for {} weights and {} inputs{omitted}\n",
+        e.path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        e.params,
+        e.activations
+    )
 }

@@ -110,6 +110,125 @@ fn pack(
     path
 }
 
+/// The encodings file of `written` holds every quantized weight's grid as AIMET reads it
+/// (x = (q + offset) * scale over the unsigned codes of the stored width, scales per output
+/// channel then per block) and every input's quantizer, under names the graph has: rebuilding
+/// each weight from its packed codes and the file's scales and offsets gives qpipe's own
+/// dequantized values exactly. Returns how many weights and inputs it checked.
+fn check_encodings(packed: &Packed, written: &onnx::Written) -> (usize, usize) {
+    use onnx_protobuf::Message;
+    use qpipe::quant::QuantizedTensor;
+    let e = written.encodings.as_ref().expect("an encodings file");
+    assert_eq!(e.path, written.path.with_extension("encodings"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&e.path).unwrap()).unwrap();
+    assert_eq!(json["version"], "1.0.0");
+    let graph = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(&written.path).unwrap())
+        .unwrap()
+        .graph
+        .unwrap();
+    let produced: std::collections::HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter())
+        .chain(graph.initializer.iter().map(|t| &t.name))
+        .map(String::as_str)
+        .collect();
+    let entries = |section: &str| -> BTreeMap<String, serde_json::Value> {
+        json[section]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                let name = v["name"].as_str().unwrap().to_string();
+                assert!(
+                    produced.contains(name.as_str()),
+                    "{name} is not in the graph"
+                );
+                (name, v.clone())
+            })
+            .collect()
+    };
+    let (params, activations) = (entries("param_encodings"), entries("activation_encodings"));
+    let mut weights = 0;
+    for (name, entry) in &packed.manifest.tensors {
+        let QuantizedTensor::Int(q) = packed.weight(name).unwrap() else {
+            continue;
+        };
+        let enc = &params[name];
+        let bw = enc["bw"].as_u64().unwrap() as u32;
+        assert!(bw == 4 || bw == 8, "{name}: bw {bw}");
+        let scale: Vec<f64> = enc["scale"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let offset: Vec<i64> = enc["offset"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        let (rows, cols) = (q.rows, q.cols);
+        let block = match enc["enc_type"].as_str().unwrap() {
+            "PER_TENSOR" => rows * cols,
+            "PER_CHANNEL" => cols,
+            "PER_BLOCK" => enc["block_size"].as_u64().unwrap() as usize,
+            other => panic!("{name}: {other}"),
+        };
+        let groups = cols.div_ceil(block).max(1);
+        let signed = enc["is_sym"].as_bool().unwrap();
+        let bits = q.format.bits;
+        let expected = q.dequantize().unwrap();
+        let row_bytes = q.packed.len() / rows;
+        let mut codes = vec![0u8; cols];
+        for r in 0..rows {
+            qpipe_kernels::unpack(
+                &q.packed[r * row_bytes..(r + 1) * row_bytes],
+                bits,
+                &mut codes,
+            )
+            .unwrap();
+            for (c, &code) in codes.iter().enumerate() {
+                // The stored width's unsigned code of the same value.
+                let u = if signed {
+                    i64::from(code) - (1 << (bits - 1)) + (1 << (bw - 1))
+                } else {
+                    i64::from(code)
+                };
+                assert!((0..1 << bw).contains(&u));
+                let g = if block == rows * cols {
+                    0
+                } else {
+                    r * groups + c / block
+                };
+                let x = ((u + offset[g]) as f64 * scale[g]) as f32;
+                assert_eq!(x, expected[r * cols + c], "{name}[{r}, {c}]");
+            }
+        }
+        if let Some(a) = entry.input_quant {
+            let reads: Vec<_> = activations
+                .values()
+                .filter(|v| v["scale"][0].as_f64() == Some(f64::from(a.scale)))
+                .collect();
+            assert!(
+                !reads.is_empty(),
+                "{name}: no encoding with its input's scale"
+            );
+            assert!(reads
+                .iter()
+                .all(|v| v["bw"] == a.bits && v["offset"][0].as_i64() == Some(-(a.zero as i64))));
+        }
+        weights += 1;
+    }
+    assert_eq!(
+        weights,
+        params.values().filter(|v| v["dtype"] == "INT").count()
+    );
+    (weights, activations.len())
+}
+
 /// The input quantizer of `name` at `bits` from its calibration histogram.
 fn a(stats: &qpipe::calib::Stats, name: &str, bits: u32) -> ActivationQuant {
     let h = &stats.linear(name).unwrap().histogram;
@@ -153,7 +272,16 @@ fn onnxruntime_computes_what_qpipe_computes_on_the_packed_weights() {
     });
     let packed = Packed::open(&path).unwrap();
     let model = Model::load_packed(&packed).unwrap();
-    let written = onnx::write(&packed, &dir.path().join("model.onnx"), onnx::Data::Auto).unwrap();
+    let aimet = Some(onnx::EncodingsFormat::Aimet);
+    let written = onnx::write(
+        &packed,
+        &dir.path().join("model.onnx"),
+        onnx::Data::Auto,
+        aimet,
+    )
+    .unwrap();
+    let (weights, inputs) = check_encodings(&packed, &written);
+    assert_eq!((weights, inputs), (packed.manifest.tensors.len(), 0));
     let mut widened: Vec<&str> = written.widened.iter().map(|w| w.format.as_str()).collect();
     widened.sort();
     widened.dedup();
@@ -181,7 +309,8 @@ fn onnxruntime_computes_what_qpipe_computes_on_the_packed_weights() {
     }
     // The same model with its initializers as external data computes the same.
     let external = dir.path().join("external.onnx");
-    let split = onnx::write(&packed, &external, onnx::Data::External).unwrap();
+    let split = onnx::write(&packed, &external, onnx::Data::External, None).unwrap();
+    assert!(split.encodings.is_none() && !external.with_extension("encodings").exists());
     let data = split.data_path.as_ref().unwrap();
     assert!(std::fs::metadata(&external).unwrap().len() < 64 * 1024);
     assert!(std::fs::metadata(data).unwrap().len() > 1_000_000);
@@ -208,7 +337,37 @@ fn onnxruntime_computes_what_qpipe_computes_on_the_packed_weights() {
     assert!(layers >= 2);
     let packed = Packed::open(&path).unwrap();
     let model = Model::load_packed(&packed).unwrap();
-    let written = onnx::write(&packed, &dir.path().join("model.onnx"), onnx::Data::Auto).unwrap();
+    let written = onnx::write(
+        &packed,
+        &dir.path().join("model.onnx"),
+        onnx::Data::Auto,
+        aimet,
+    )
+    .unwrap();
+    // One encoding per quantized tensor: q, k and v (and gate and up) read one input, which
+    // gets one QDQ where their quantizers agree and a copy per disagreeing reader.
+    let (_, inputs) = check_encodings(&packed, &written);
+    let read = |name: &str| packed.manifest.tensors[name].input_quant;
+    let mut expected = 0;
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for group in [
+            &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"][..],
+            &["self_attn.o_proj"],
+            &["mlp.gate_proj", "mlp.up_proj"],
+            &["mlp.down_proj"],
+        ] {
+            let mut seen: Vec<ActivationQuant> = Vec::new();
+            for w in group {
+                let q = read(&format!("{p}.{w}.weight")).unwrap();
+                if !seen.contains(&q) {
+                    seen.push(q);
+                }
+            }
+            expected += seen.len();
+        }
+    }
+    assert_eq!(inputs, expected);
     let theirs = ort_logits(&lib, &written.path, &c.held_out, Compute::Default);
     compare_kld(&c, &model, &theirs, "A8/A16 inputs");
 }
@@ -285,8 +444,17 @@ fn onnxruntime_runs_minilm_as_qpipe_does() {
         );
         let packed = Packed::open(&path).unwrap();
         let ours = embed(&Model::load_packed(&packed).unwrap());
-        let written =
-            onnx::write(&packed, &out.path().join("model.onnx"), onnx::Data::Auto).unwrap();
+        let encodings = w8a8.then_some(onnx::EncodingsFormat::Aimet);
+        let written = onnx::write(
+            &packed,
+            &out.path().join("model.onnx"),
+            onnx::Data::Auto,
+            encodings,
+        )
+        .unwrap();
+        if w8a8 {
+            check_encodings(&packed, &written);
+        }
         let theirs = ort_logits(&lib, &written.path, &windows, Compute::Graph);
         let fused = ort_logits(&lib, &written.path, &windows, Compute::Default);
         let (q, o, d) = (
@@ -342,7 +510,14 @@ fn smollm2_w4a16_onnx_runs_in_onnxruntime() {
     );
     let packed = Packed::open(&path).unwrap();
     let model = Model::load_packed(&packed).unwrap();
-    let written = onnx::write(&packed, &out.path().join("model.onnx"), onnx::Data::Auto).unwrap();
+    let written = onnx::write(
+        &packed,
+        &out.path().join("model.onnx"),
+        onnx::Data::Auto,
+        Some(onnx::EncodingsFormat::Aimet),
+    )
+    .unwrap();
+    check_encodings(&packed, &written);
     let packed_bytes = std::fs::metadata(&path).unwrap().len();
     eprintln!(
         "SmolLM2 W4A16: model.onnx {} bytes, packed {packed_bytes} bytes ({:+.2}%)",

@@ -5,6 +5,7 @@
 
 use crate::common::{self, tiny};
 use qpipe::pipeline::eval::{evaluate, EvalRequest};
+use qpipe::pipeline::policy::Export;
 use qpipe::pipeline::{
     compress, CompressRequest, Limits, Observer, SearchPlan, Silent, Stage, Start, Step, TextPlan,
 };
@@ -60,6 +61,7 @@ fn request(out: &Path) -> CompressRequest {
         out: out.to_path_buf(),
         start: Start::Fresh,
         command: Vec::new(),
+        exports: Vec::new(),
     }
 }
 
@@ -154,8 +156,15 @@ fn compress_in_process_reports_what_it_wrote_and_matches_the_binary() {
     );
     assert_eq!(code, 0, "{stderr}");
     let (lib_dir, bin_dir) = (req.out.to_str().unwrap(), bin_out.to_str().unwrap());
+    // Hexagon's toolchain takes ONNX with QDQ and AIMET's encodings.
+    assert_eq!(report.exports, [Export::Qpipe, Export::Onnx]);
+    let encodings = report.onnx.as_ref().unwrap().encodings.as_ref().unwrap();
+    assert_eq!(encodings.path, req.out.join("model.encodings"));
+    assert!(encodings.params > 0 && encodings.omitted.is_empty());
     for f in [
         "model.qpipe.safetensors",
+        "model.onnx",
+        "model.encodings",
         "qpipe.json",
         "sensitivity.json",
         "search-state.json",
@@ -185,4 +194,40 @@ fn replace(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// `--export` chooses what ships: ONNX alone leaves no packed checkpoint behind (it was only the
+/// ONNX's source and the held-out run's weights); an export that cannot hold the target's
+/// formats is refused before any work, naming the option, with nothing written.
+#[test]
+fn export_chooses_the_files_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request(&dir.path().join("onnx-only"));
+    req.exports = vec![Export::Onnx];
+    req.search.generations = 0;
+    let report = compress(&req, &Silent).unwrap();
+    assert_eq!(report.exports, [Export::Onnx]);
+    assert!(!req.out.join("model.qpipe.safetensors").exists());
+    for f in ["model.onnx", "model.encodings", "qpipe.json"] {
+        assert!(req.out.join(f).is_file(), "{f}");
+    }
+
+    let out = dir.path().join("gguf");
+    let (code, _, stderr) = common::qpipe(&[
+        "compress",
+        tiny().to_str().unwrap(),
+        "--target",
+        "hexagon",
+        "--export",
+        "gguf,qpipe",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--export") && stderr.contains("gguf"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "{stderr}");
 }

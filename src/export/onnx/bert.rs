@@ -3,8 +3,8 @@
 //! (masked mean, L2-normalised, as sentence-transformers pools) out. Every token is segment 0.
 
 use super::blocks::Blocks;
-use super::graph::{Attr, Dim, Graph};
-use super::weights::{Layout, Widened};
+use super::graph::{Attr, Dim};
+use super::weights::Layout;
 use crate::error::Result;
 use crate::model::bert::{Activation, BertConfig};
 use crate::packed::Packed;
@@ -23,12 +23,8 @@ fn layer_norm(b: &mut Blocks, x: &str, prefix: &str, eps: f32) -> Result<String>
 }
 
 /// Builds the graph of the BERT encoder in `packed` (configured by `config`, whose feed-forward
-/// activation is `act`); returns it with the weights whose codes were widened.
-pub fn build(
-    packed: &Packed,
-    config: &BertConfig,
-    act: Activation,
-) -> Result<(Graph, Vec<Widened>)> {
+/// activation is `act`).
+pub fn build<'a>(packed: &'a Packed, config: &BertConfig, act: Activation) -> Result<Blocks<'a>> {
     let mut b = Blocks::new(packed);
     let p = if b.has("bert.embeddings.word_embeddings.weight") {
         "bert."
@@ -144,5 +140,5 @@ pub fn build(
         DataType::FLOAT,
         &[Dim::Named("batch"), Dim::Fixed(h as i64)],
     );
-    Ok((b.g, b.widened))
+    Ok(b)
 }

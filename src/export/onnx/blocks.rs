@@ -2,12 +2,22 @@
 //! a layer's input through its quantizer, `x · Wᵀ + b`, attention heads and scaled-dot-product
 //! attention with an additive mask.
 
+use super::encodings::Collector;
 use super::graph::{Attr, Graph};
 use super::weights::{weight, Layout, Widened};
 use crate::error::Result;
 use crate::packed::Packed;
 use crate::quant::ActivationQuant;
 use onnx_protobuf::tensor_proto::DataType;
+use std::collections::HashMap;
+
+/// How a matmul reads a tensor.
+struct Reader {
+    /// Its input quantizer (`None`: float).
+    quant: Option<ActivationQuant>,
+    /// The tensor it multiplies: the QDQ's output, or the tensor itself.
+    out: String,
+}
 
 /// A graph under construction from a packed checkpoint.
 pub struct Blocks<'a> {
@@ -16,6 +26,10 @@ pub struct Blocks<'a> {
     packed: &'a Packed,
     /// Weights stored wider than their format.
     pub widened: Vec<Widened>,
+    /// The encodings of the quantized weights and inputs.
+    pub encodings: Collector,
+    /// Per tensor read by a matmul, how its first reader reads it.
+    readers: HashMap<String, Reader>,
     zero_f: String,
 }
 
@@ -37,13 +51,22 @@ impl<'a> Blocks<'a> {
             g,
             packed,
             widened: Vec::new(),
+            encodings: Collector::default(),
+            readers: HashMap::new(),
             zero_f,
         }
     }
 
     /// The float value of the stored tensor `name` laid out as `layout`.
     pub fn weight(&mut self, name: &str, layout: Layout) -> Result<String> {
-        weight(&mut self.g, self.packed, name, layout, &mut self.widened)
+        weight(
+            &mut self.g,
+            self.packed,
+            name,
+            layout,
+            &mut self.widened,
+            &mut self.encodings,
+        )
     }
 
     /// Whether the checkpoint stores `name`.
@@ -59,6 +82,10 @@ impl<'a> Blocks<'a> {
 
     /// `x` through the quantizer of the input of the weight `name`, when the target quantizes
     /// it: QuantizeLinear -> DequantizeLinear with the calibrated scale and zero-point.
+    ///
+    /// A tensor has one precision for a converter that reads encodings by tensor name, so the
+    /// readers of `x` that agree share one QDQ (and one encoding), and a reader that wants
+    /// another precision reads its own copy of `x`, `{name}.input`.
     pub fn input(&mut self, x: &str, name: &str) -> String {
         let quant = self
             .packed
@@ -66,10 +93,29 @@ impl<'a> Blocks<'a> {
             .tensors
             .get(name)
             .and_then(|e| e.input_quant);
-        match quant {
-            Some(q) => self.qdq(x, name, q),
+        let source = match self.readers.get(x) {
+            Some(r) if r.quant == quant => return r.out.clone(),
+            Some(_) => {
+                let copy = format!("{name}.input");
+                self.g.op_named("Identity", &[x], vec![], &copy)
+            }
             None => x.to_string(),
-        }
+        };
+        let out = match quant {
+            Some(q) => {
+                self.encodings.activation(&source, q);
+                self.qdq(&source, name, q)
+            }
+            None => source.clone(),
+        };
+        self.readers.insert(
+            source,
+            Reader {
+                quant,
+                out: out.clone(),
+            },
+        );
+        out
     }
 
     fn qdq(&mut self, x: &str, name: &str, q: ActivationQuant) -> String {

@@ -59,6 +59,19 @@ impl Graph {
     ) -> String {
         let out = format!("{hint}_{}", self.next);
         self.next += 1;
+        self.op_named(op, inputs, attrs, &out)
+    }
+
+    /// `op` on `inputs` with `attrs`, its single output named `out` (a tensor other files,
+    /// such as the encodings, refer to by name); returns `out`.
+    pub fn op_named(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<(&str, Attr)>,
+        out: &str,
+    ) -> String {
+        let out = out.to_string();
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: vec![out.clone()],

@@ -4,8 +4,8 @@
 //! length at run time, so any length runs.
 
 use super::blocks::Blocks;
-use super::graph::{Attr, Dim, Graph};
-use super::weights::{Layout, Widened};
+use super::graph::{Attr, Dim};
+use super::weights::Layout;
 use crate::error::Result;
 use crate::model::llama::LlamaConfig;
 use crate::packed::Packed;
@@ -19,12 +19,12 @@ struct Shared {
     eps: String,
 }
 
-struct Builder<'a> {
+struct Builder<'a, 'c> {
     b: Blocks<'a>,
-    config: &'a LlamaConfig,
+    config: &'c LlamaConfig,
 }
 
-impl Builder<'_> {
+impl Builder<'_, '_> {
     /// `x` normalised by its root mean square and scaled by `weight` (RMSNorm).
     fn rms_norm(&mut self, x: &str, weight: &str, s: &Shared) -> Result<String> {
         let w = self.b.weight(weight, Layout::Rows)?;
@@ -112,9 +112,8 @@ impl Builder<'_> {
     }
 }
 
-/// Builds the graph of the Llama-family model in `packed` (configured by `config`); returns it
-/// with the weights whose codes were widened.
-pub fn build(packed: &Packed, config: &LlamaConfig) -> Result<(Graph, Vec<Widened>)> {
+/// Builds the graph of the Llama-family model in `packed` (configured by `config`).
+pub fn build<'a>(packed: &'a Packed, config: &LlamaConfig) -> Result<Blocks<'a>> {
     let mut b = Builder {
         b: Blocks::new(packed),
         config,
@@ -210,5 +209,5 @@ pub fn build(packed: &Packed, config: &LlamaConfig) -> Result<(Graph, Vec<Widene
             Dim::Fixed(config.vocab_size as i64),
         ],
     );
-    Ok((b.b.g, b.b.widened))
+    Ok(b.b)
 }

@@ -6,12 +6,14 @@
 
 mod bert;
 mod blocks;
+pub mod encodings;
 mod graph;
 mod llama;
 pub mod weights;
 
 use crate::checkpoint::write::{atomically, write_atomic};
 use crate::error::{Error, Result};
+pub use crate::hardware::EncodingsFormat;
 use crate::model::arch::{self, Family};
 use crate::model::bert::BertConfig;
 use crate::model::llama::LlamaConfig;
@@ -51,13 +53,21 @@ pub struct Written {
     pub initializer_bytes: u64,
     /// Weights whose integer width ONNX has no type for, stored wider (losslessly).
     pub widened: Vec<Widened>,
+    /// The encodings file written beside it.
+    pub encodings: Option<encodings::Written>,
 }
 
 /// Writes the model of `packed` to `path` as ONNX (opset 21), atomically, its initializers
-/// where `data` says.
-pub fn write(packed: &Packed, path: &Path, data: Data) -> Result<Written> {
+/// where `data` says, and with `encodings` an encodings file of that format beside it
+/// (`model.encodings` for `model.onnx`). A failure leaves neither file.
+pub fn write(
+    packed: &Packed,
+    path: &Path,
+    data: Data,
+    encodings: Option<EncodingsFormat>,
+) -> Result<Written> {
     let found = arch::detect(&packed.checkpoint);
-    let (graph, widened) = match found.family {
+    let built = match found.family {
         Some(Family::Llama) => {
             let config: LlamaConfig = crate::model::weights::config(&packed.checkpoint)?;
             config.validate().map_err(|m| {
@@ -80,6 +90,7 @@ pub fn write(packed: &Packed, path: &Path, data: Data) -> Result<Written> {
             ))
         }
     };
+    let (graph, widened, collected) = (built.g, built.widened, built.encodings);
     let initializer_bytes = graph.initializer_bytes() as u64;
     let model = graph.finish(
         "qpipe",
@@ -96,9 +107,28 @@ pub fn write(packed: &Packed, path: &Path, data: Data) -> Result<Written> {
         name.push(".data");
         path.with_file_name(name)
     });
+    let encodings = match encodings {
+        Some(EncodingsFormat::Aimet) => Some(collected.write(&path.with_extension("encodings"))?),
+        None => None,
+    };
+    // Whatever fails from here on removes what was written so far.
+    let remove_companions = |data_path: Option<&PathBuf>| {
+        for p in data_path
+            .into_iter()
+            .chain(encodings.as_ref().map(|e| &e.path))
+        {
+            let _ = std::fs::remove_file(p);
+        }
+    };
     let mut data_bytes = 0;
     if let Some(data_path) = &data_path {
-        data_bytes = write_external(&mut model, data_path)?;
+        match write_external(&mut model, data_path) {
+            Ok(n) => data_bytes = n,
+            Err(e) => {
+                remove_companions(None);
+                return Err(e);
+            }
+        }
     }
     let encoded = model.write_to_bytes();
     let written = encoded
@@ -118,10 +148,8 @@ pub fn write(packed: &Packed, path: &Path, data: Data) -> Result<Written> {
     let model_bytes = match written {
         Ok(n) => n,
         Err(e) => {
-            // No model file refers to the data file: leave nothing behind.
-            if let Some(d) = &data_path {
-                let _ = std::fs::remove_file(d);
-            }
+            // No model file refers to the data or encodings file: leave nothing behind.
+            remove_companions(data_path.as_ref());
             return Err(e);
         }
     };
@@ -131,6 +159,7 @@ pub fn write(packed: &Packed, path: &Path, data: Data) -> Result<Written> {
         file_bytes: model_bytes + data_bytes,
         initializer_bytes,
         widened,
+        encodings,
     })
 }
 

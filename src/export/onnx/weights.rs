@@ -4,6 +4,7 @@
 //! groups); float tensors in their stored dtype, cast to float. Widths ONNX has no type for
 //! (2, 3, 5 and 6 bits) are widened losslessly to the next one, and said so.
 
+use super::encodings::Collector;
 use super::graph::{Attr, Graph};
 use crate::error::{Error, Result};
 use crate::packed::Packed;
@@ -72,13 +73,16 @@ fn arrange<T: Copy + Default>(values: &[T], rows: usize, cols: usize, layout: La
 }
 
 /// The float value of the weight `name` of `packed` laid out as `layout`: its initializers and
-/// the nodes that dequantize or cast it. Widened integer formats are recorded in `widened`.
+/// the nodes that dequantize or cast it (a quantized weight's DequantizeLinear outputs the
+/// tensor `name`). Widened integer formats are recorded in `widened`, the grid of every chosen
+/// weight in `encodings`.
 pub fn weight(
     g: &mut Graph,
     packed: &Packed,
     name: &str,
     layout: Layout,
     widened: &mut Vec<Widened>,
+    encodings: &mut Collector,
 ) -> Result<String> {
     let file = packed.checkpoint.first_file();
     let Some(entry) = packed.manifest.tensors.get(name) else {
@@ -180,11 +184,20 @@ pub fn weight(
                     raw(&zeros, bits),
                 ));
             }
+            encodings.weight(name, f, bits, cols, &q.scales, &q.zeros);
             let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-            Ok(g.op("DequantizeLinear", &inputs, attrs, "weight"))
+            Ok(g.op_named("DequantizeLinear", &inputs, attrs, name))
         }
         QuantizedTensor::Float(t, bytes) => {
             let dtype = t.dtype();
+            encodings.float_weight(
+                name,
+                match dtype {
+                    Dtype::F16 => Some(16),
+                    Dtype::F32 => Some(32),
+                    _ => None,
+                },
+            );
             let raw = match layout {
                 Layout::Rows => bytes,
                 Layout::Columns => {

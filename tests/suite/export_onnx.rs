@@ -251,6 +251,7 @@ fn onnxruntime_computes_what_qpipe_computes_on_the_packed_weights() {
         "int6-g128-sym",
         "int8-tensor-sym",
         "int2-g32-asym",
+        "int4-g128-sym",
     ]
     .iter()
     .map(|f| f.parse().unwrap())

@@ -11,14 +11,6 @@ use crate::quant::ActivationQuant;
 use onnx_protobuf::tensor_proto::DataType;
 use std::collections::HashMap;
 
-/// How a matmul reads a tensor.
-struct Reader {
-    /// Its input quantizer (`None`: float).
-    quant: Option<ActivationQuant>,
-    /// The tensor it multiplies: the QDQ's output, or the tensor itself.
-    out: String,
-}
-
 /// A graph under construction from a packed checkpoint.
 pub struct Blocks<'a> {
     /// The graph.
@@ -28,8 +20,8 @@ pub struct Blocks<'a> {
     pub widened: Vec<Widened>,
     /// The encodings of the quantized weights and inputs.
     pub encodings: Collector,
-    /// Per tensor read by a matmul, how its first reader reads it.
-    readers: HashMap<String, Reader>,
+    /// Per tensor, its quantized copies read by matmuls: the quantizer and the QDQ's output.
+    quantized: HashMap<String, Vec<(ActivationQuant, String)>>,
     zero_f: String,
 }
 
@@ -52,7 +44,7 @@ impl<'a> Blocks<'a> {
             packed,
             widened: Vec::new(),
             encodings: Collector::default(),
-            readers: HashMap::new(),
+            quantized: HashMap::new(),
             zero_f,
         }
     }
@@ -83,9 +75,10 @@ impl<'a> Blocks<'a> {
     /// `x` through the quantizer of the input of the weight `name`, when the target quantizes
     /// it: QuantizeLinear -> DequantizeLinear with the calibrated scale and zero-point.
     ///
-    /// A tensor has one precision for a converter that reads encodings by tensor name, so the
-    /// readers of `x` that agree share one QDQ (and one encoding), and a reader that wants
-    /// another precision reads its own copy of `x`, `{name}.input`.
+    /// A converter that reads encodings by tensor name quantizes a tensor for all its readers,
+    /// so the QDQ reads a copy of `x` read by nothing else, `{name}.input`: the residual that
+    /// also reads a BERT layer's input stays float, as qpipe computes it. Readers of `x` with
+    /// the same quantizer (q, k and v; gate and up) share the copy, its QDQ and its encoding.
     pub fn input(&mut self, x: &str, name: &str) -> String {
         let quant = self
             .packed
@@ -93,29 +86,23 @@ impl<'a> Blocks<'a> {
             .tensors
             .get(name)
             .and_then(|e| e.input_quant);
-        let source = match self.readers.get(x) {
-            Some(r) if r.quant == quant => return r.out.clone(),
-            Some(_) => {
-                let copy = format!("{name}.input");
-                self.g.op_named("Identity", &[x], vec![], &copy)
-            }
-            None => x.to_string(),
+        let Some(q) = quant else {
+            return x.to_string();
         };
-        let out = match quant {
-            Some(q) => {
-                self.encodings.activation(&source, q);
-                self.qdq(&source, name, q)
-            }
-            None => source.clone(),
-        };
-        self.readers.insert(
-            source,
-            Reader {
-                quant,
-                out: out.clone(),
-            },
-        );
-        out
+        let copies = self.quantized.entry(x.to_string()).or_default();
+        if let Some((_, dq)) = copies.iter().find(|(c, _)| *c == q) {
+            return dq.clone();
+        }
+        let copy = self
+            .g
+            .op_named("Identity", &[x], vec![], &format!("{name}.input"));
+        self.encodings.activation(&copy, q);
+        let dq = self.qdq(&copy, name, q);
+        self.quantized
+            .entry(x.to_string())
+            .or_default()
+            .push((q, dq.clone()));
+        dq
     }
 
     fn qdq(&mut self, x: &str, name: &str, q: ActivationQuant) -> String {

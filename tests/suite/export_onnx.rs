@@ -158,11 +158,11 @@ fn check_encodings(packed: &Packed, written: &onnx::Written) -> (usize, usize) {
         let enc = &params[name];
         let bw = enc["bw"].as_u64().unwrap() as u32;
         assert!(bw == 4 || bw == 8, "{name}: bw {bw}");
-        let scale: Vec<f64> = enc["scale"]
+        let scale: Vec<f32> = enc["scale"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|v| v.as_f64().unwrap())
+            .map(|v| v.as_f64().unwrap() as f32)
             .collect();
         let offset: Vec<i64> = enc["offset"]
             .as_array()
@@ -203,14 +203,14 @@ fn check_encodings(packed: &Packed, written: &onnx::Written) -> (usize, usize) {
                 } else {
                     r * groups + c / block
                 };
-                let x = ((u + offset[g]) as f64 * scale[g]) as f32;
+                let x = (u + offset[g]) as f32 * scale[g];
                 assert_eq!(x, expected[r * cols + c], "{name}[{r}, {c}]");
             }
         }
         if let Some(a) = entry.input_quant {
             let reads: Vec<_> = activations
                 .values()
-                .filter(|v| v["scale"][0].as_f64() == Some(f64::from(a.scale)))
+                .filter(|v| v["scale"][0].as_f64().map(|s| s as f32) == Some(a.scale))
                 .collect();
             assert!(
                 !reads.is_empty(),

@@ -38,7 +38,7 @@ pub struct Encoding {
     #[serde(skip_serializing_if = "Option::is_none")]
     is_sym: Option<bool>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    scale: Vec<f64>,
+    scale: Vec<f32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     offset: Vec<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,11 +73,6 @@ pub struct Written {
     pub activations: usize,
     /// Quantized tensors left to the graph's own QDQ nodes.
     pub omitted: Vec<Omitted>,
-}
-
-/// Scales as f64 holding the exact f32 (or f16) values, so any reader gets the same bits.
-fn exact(scales: impl IntoIterator<Item = f32>) -> Vec<f64> {
-    scales.into_iter().map(f64::from).collect()
 }
 
 impl Collector {
@@ -121,7 +116,7 @@ impl Collector {
             enc_type,
             bw,
             is_sym: Some(signed),
-            scale: exact(scales.iter().map(|s| s.to_f32())),
+            scale: scales.iter().map(|s| s.to_f32()).collect(),
             offset,
             block_size,
         });
@@ -168,7 +163,7 @@ impl Collector {
             enc_type: EncType::Tensor,
             bw: q.bits,
             is_sym: Some(q.symmetric),
-            scale: exact([q.scale]),
+            scale: vec![q.scale],
             offset: vec![offset],
             block_size: None,
         });
@@ -189,7 +184,9 @@ impl Collector {
             param_encodings: &self.params,
             excluded_layers: [],
         };
-        let mut text = serde_json::to_string_pretty(&file).map_err(|e| {
+        // Compact: per-block scales run to millions of numbers (SmolLM2's W4A16 file is
+        // 3x larger pretty-printed).
+        let mut text = serde_json::to_string(&file).map_err(|e| {
             Error::invalid(
                 crate::Subject::other("<encodings>"),
                 format!("cannot encode the encodings: {e}"),
@@ -258,15 +255,15 @@ mod tests {
         let asym = &json["param_encodings"][1];
         assert_eq!(asym["enc_type"], "PER_CHANNEL");
         assert_eq!(asym["offset"], serde_json::json!([-3, -5]));
-        // The f16 scale's exact value, not its shortest decimal as an f32.
+        // The f16 scale's value, written as the shortest decimal that reads back as it.
         assert_eq!(
-            asym["scale"][0].as_f64().unwrap(),
-            f64::from(half::f16::from_f32(0.1).to_f32())
+            asym["scale"][0].as_f64().unwrap() as f32,
+            half::f16::from_f32(0.1).to_f32()
         );
         let act = &json["activation_encodings"][0];
         assert_eq!(act["bw"], 16);
         assert_eq!(act["offset"][0].as_i64().unwrap(), -(a.zero as i64));
-        assert_eq!(act["scale"][0].as_f64().unwrap(), f64::from(a.scale));
+        assert_eq!(act["scale"][0].as_f64().unwrap() as f32, a.scale);
     }
 
     #[test]

@@ -14,7 +14,8 @@
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::quant::{
-    ActivationQuant, Calibrator, Format, IntQuantized, QuantizedTensor, Rounding, Scheme, Transform,
+    ActivationQuant, Calibrator, FloatType, Format, IntQuantized, QuantizedTensor, Rounding,
+    Scheme, Transform,
 };
 use half::f16;
 use safetensors::Dtype;
@@ -64,7 +65,7 @@ pub struct Entry {
     /// `[rows, cols]` of the original weight.
     pub shape: [usize; 2],
     /// Original dtype (`F32`, `F16`, `BF16`).
-    pub dtype: String,
+    pub dtype: FloatType,
     /// Quantizer of the layer's input, when the target quantizes activations (of the input
     /// as it arrives, already divided by a transform's scales folded upstream).
     pub input_quant: Option<ActivationQuant>,
@@ -113,9 +114,15 @@ impl Manifest {
         }
         for (name, e) in &manifest.tensors {
             let [rows, cols] = e.shape;
-            e.format
-                .check(rows, cols)
-                .map_err(|m| Error::invalid(&file, format!("'{name}': {m}")))?;
+            let bad = |m: String| Error::invalid(&file, format!("'{name}': {m}"));
+            if rows == 0 || cols == 0 {
+                return Err(bad(format!("shape {rows} x {cols} has no elements")));
+            }
+            e.format.check(rows, cols).map_err(bad)?;
+            if let Some(q) = e.input_quant {
+                q.validate()
+                    .map_err(|m| bad(format!("input quantizer: {m}")))?;
+            }
             for (part, dtype, shape) in parts(name, e) {
                 let view = checkpoint.get(&part).ok_or_else(|| {
                     Error::invalid(&file, format!("'{name}' in {} lacks '{part}'", e.format))
@@ -128,6 +135,28 @@ impl Manifest {
                             view.dtype, view.shape, e.format
                         ),
                     ));
+                }
+            }
+            if let Format::Int(f) = e.format {
+                // Every scale a finite step (0 for an all-zero group), every zero-point a code.
+                let scales = checkpoint.tensor(&format!("{name}.scales"))?.bytes;
+                if let Some(i) = scales
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                    .position(|s| !(s.is_finite() && s >= f16::ZERO))
+                {
+                    let s = f16::from_le_bytes([scales[2 * i], scales[2 * i + 1]]);
+                    return Err(bad(format!("scale {i} is {s}, not a finite step >= 0")));
+                }
+                if f.scheme == Scheme::Asymmetric {
+                    let top = (1u32 << f.bits) - 1;
+                    let zeros = checkpoint.tensor(&format!("{name}.zeros"))?.bytes;
+                    if let Some(i) = zeros.iter().position(|&z| u32::from(z) > top) {
+                        return Err(bad(format!(
+                            "zero-point {i} is {}, past the {}-bit codes' {top}",
+                            zeros[i], f.bits
+                        )));
+                    }
                 }
             }
         }
@@ -256,7 +285,7 @@ impl Packed {
                         .collect(),
                     zeros,
                 };
-                // Catches inconsistent fields (e.g. zero-points beyond the code range) now.
+                // Catches inconsistent sizes now (ranges were checked when the manifest was read).
                 q.with_kernel_view(|_| ())
                     .map_err(|m| Error::invalid(file, format!("'{name}': {m}")))?;
                 QuantizedTensor::Int(q)

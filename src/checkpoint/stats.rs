@@ -1,7 +1,8 @@
 //! Per-tensor weight statistics, streamed from the memory map in parallel blocks.
 //!
-//! Two passes: the first gathers count, min, max, sum and sum of squares of the finite values
-//! (f64 accumulators, merged in a fixed order so results do not depend on the thread count);
+//! Two passes: the first gathers count, min, max, sum and sum of squares of the finite values,
+//! shifted by the tensor's first finite value (f64 accumulators, merged in a fixed order so
+//! results do not depend on the thread count);
 //! the second counts outliers |w - mean| > 6 std, which needs mean and std from the first.
 //! (Centred, so that non-zero-mean tensors such as norm gains are not all "outliers".)
 
@@ -44,6 +45,9 @@ pub struct TensorStats {
     pub inf: u64,
 }
 
+/// Sums of one tensor's finite values, shifted by a value `k` of the tensor (its first finite
+/// one): sums of `v - k` and `(v - k)²` neither overflow for values near f32's limits nor cancel
+/// for a tensor far from zero (a constant 1e19 tensor has std 0, not inf).
 #[derive(Clone, Copy)]
 struct Moments {
     finite: u64,
@@ -54,6 +58,10 @@ struct Moments {
     sum: f64,
     sumsq: f64,
 }
+
+/// Largest |v| and |k| for which the f32 lanes of [`Moments::add`] cannot overflow: 8 squared
+/// differences of at most 2e18 stay far below f32::MAX.
+const LANE_LIMIT: f32 = 1e18;
 
 impl Moments {
     const EMPTY: Moments = Moments {
@@ -78,10 +86,12 @@ impl Moments {
         }
     }
 
-    /// Adds a block; the branch-free lane loop runs when the block has no NaN/Inf (the norm).
-    fn add(&mut self, x: &[f32]) {
-        let nonfinite = x.iter().filter(|v| !v.is_finite()).count();
-        if nonfinite == 0 {
+    /// Adds a block shifted by `k`; the branch-free lane loop runs when the block holds only
+    /// finite values of moderate size (the norm), f64 per element otherwise.
+    fn add(&mut self, x: &[f32], k: f32) {
+        let moderate =
+            k.abs() <= LANE_LIMIT && x.iter().fold(0f32, |m, v| m.max(v.abs())) <= LANE_LIMIT;
+        if moderate {
             // 16 f32 lanes summed over runs of 8 (128 elements), then flushed to f64: the
             // compiler vectorises the f32 lanes, and 8-term f32 partial sums lose nothing
             // measurable before they join the f64 totals.
@@ -97,8 +107,9 @@ impl Moments {
                         let v = c[i];
                         mn[i] = if v < mn[i] { v } else { mn[i] };
                         mx[i] = if v > mx[i] { v } else { mx[i] };
-                        s[i] += v;
-                        q[i] += v * v;
+                        let d = v - k;
+                        s[i] += d;
+                        q[i] += d * d;
                     }
                 }
                 s64 += s.iter().map(|&v| v as f64).sum::<f64>();
@@ -107,8 +118,9 @@ impl Moments {
             for &v in runs.remainder() {
                 mn[0] = mn[0].min(v);
                 mx[0] = mx[0].max(v);
-                s64 += v as f64;
-                q64 += v as f64 * v as f64;
+                let d = (v - k) as f64;
+                s64 += d;
+                q64 += d * d;
             }
             self.finite += x.len() as u64;
             self.min = mn.iter().fold(self.min, |a, &b| a.min(b));
@@ -125,11 +137,24 @@ impl Moments {
                     self.finite += 1;
                     self.min = self.min.min(v);
                     self.max = self.max.max(v);
-                    self.sum += v as f64;
-                    self.sumsq += v as f64 * v as f64;
+                    let d = v as f64 - k as f64;
+                    self.sum += d;
+                    self.sumsq += d * d;
                 }
             }
         }
+    }
+
+    /// Mean of the finite values, given the shift `k` the sums were taken with.
+    fn mean(&self, k: f32) -> f64 {
+        k as f64 + self.sum / self.finite.max(1) as f64
+    }
+
+    /// Population standard deviation of the finite values (the shift cancels).
+    fn std(&self) -> f64 {
+        let n = self.finite.max(1) as f64;
+        let m = self.sum / n;
+        (self.sumsq / n - m * m).max(0.0).sqrt()
     }
 }
 
@@ -163,11 +188,27 @@ pub fn compute(checkpoint: &Checkpoint) -> Result<Vec<TensorStats>> {
         })
         .collect();
 
+    // Each tensor's shift: its first finite value (0 when it has none).
+    let shifts: Vec<f32> = views
+        .par_iter()
+        .map(|v| {
+            let mut k = None;
+            let mut at = 0;
+            let mut buf = [0f32; BLOCK];
+            while k.is_none() && at < v.numel() {
+                let n = BLOCK.min(v.numel() - at);
+                v.decode_f32(at, &mut buf[..n])?;
+                k = buf[..n].iter().copied().find(|x| x.is_finite());
+                at += n;
+            }
+            Ok(k.unwrap_or(0.0))
+        })
+        .collect::<Result<_>>()?;
     let partial: Vec<Moments> = items
         .par_iter()
         .map(|(i, r)| {
             let mut m = Moments::EMPTY;
-            for_blocks(&views[*i], r.clone(), |x| m.add(x))?;
+            for_blocks(&views[*i], r.clone(), |x| m.add(x, shifts[*i]))?;
             Ok(m)
         })
         .collect::<Result<_>>()?;
@@ -176,9 +217,10 @@ pub fn compute(checkpoint: &Checkpoint) -> Result<Vec<TensorStats>> {
         moments[*i] = moments[*i].merge(*m);
     }
 
-    let bounds: Vec<(f32, f32)> = moments
+    let bounds: Vec<(f64, f64)> = moments
         .iter()
-        .map(|m| (mean_of(m) as f32, OUTLIER_STD * std_of(m) as f32))
+        .zip(&shifts)
+        .map(|(m, &k)| (m.mean(k), f64::from(OUTLIER_STD) * m.std()))
         .collect();
     let counts: Vec<u64> = items
         .par_iter()
@@ -188,7 +230,7 @@ pub fn compute(checkpoint: &Checkpoint) -> Result<Vec<TensorStats>> {
             for_blocks(&views[*i], r.clone(), |x| {
                 n += x
                     .iter()
-                    .filter(|v| (**v - mean).abs() > t && v.is_finite())
+                    .filter(|v| (f64::from(**v) - mean).abs() > t && v.is_finite())
                     .count() as u64;
             })?;
             Ok(n)
@@ -203,7 +245,8 @@ pub fn compute(checkpoint: &Checkpoint) -> Result<Vec<TensorStats>> {
         .iter()
         .zip(&moments)
         .zip(&outliers)
-        .map(|((v, m), &out)| TensorStats {
+        .zip(&shifts)
+        .map(|(((v, m), &out), &k)| TensorStats {
             name: v.name.to_string(),
             dtype: format!("{:?}", v.dtype),
             numel: v.numel() as u64,
@@ -214,22 +257,11 @@ pub fn compute(checkpoint: &Checkpoint) -> Result<Vec<TensorStats>> {
             } else {
                 f32::NAN
             },
-            mean: mean_of(m),
-            std: std_of(m),
+            mean: m.mean(k),
+            std: m.std(),
             outlier_share: out as f64 / m.finite.max(1) as f64,
             nan: m.nan,
             inf: m.inf,
         })
         .collect())
-}
-
-fn mean_of(m: &Moments) -> f64 {
-    m.sum / m.finite.max(1) as f64
-}
-
-fn std_of(m: &Moments) -> f64 {
-    let mean = mean_of(m);
-    (m.sumsq / m.finite.max(1) as f64 - mean * mean)
-        .max(0.0)
-        .sqrt()
 }

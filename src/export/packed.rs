@@ -256,7 +256,12 @@ pub fn write(
                     Rounding::Nearest
                 },
                 shape: [rows, cols],
-                dtype: format!("{:?}", view.dtype),
+                dtype: FloatType::from_dtype(view.dtype).ok_or_else(|| {
+                    Error::unsupported(
+                        Subject::tensor(name),
+                        format!("{:?} is not a float dtype", view.dtype),
+                    )
+                })?,
                 input_quant: c.input_quant,
                 transform: c.transform,
             },

@@ -179,15 +179,32 @@ fn baseline_loss(path: &Path) -> Result<f64> {
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::invalid(path, format!("not JSON: {e}")))?;
     let packed = &v["packed"];
-    packed["lm"]["mean_kld"]
-        .as_f64()
-        .or_else(|| packed["embedding"]["mean_cosine"].as_f64().map(|c| 1.0 - c))
-        .ok_or_else(|| {
-            Error::invalid(
+    let (field, loss) = match (
+        packed["lm"]["mean_kld"].as_f64(),
+        packed["embedding"]["mean_cosine"].as_f64(),
+    ) {
+        (Some(kld), _) => ("packed.lm.mean_kld", kld),
+        (None, Some(cos)) if (-1.0..=1.0).contains(&cos) => ("packed.embedding.mean_cosine", 1.0 - cos),
+        (None, Some(cos)) => {
+            return Err(Error::invalid(
+                path,
+                format!("packed.embedding.mean_cosine is {cos}, not a cosine in [-1, 1]"),
+            ))
+        }
+        (None, None) => {
+            return Err(Error::invalid(
                 path,
                 "not a qpipe.json from `qpipe compress` (no packed.lm.mean_kld or packed.embedding.mean_cosine)",
-            )
-        })
+            ))
+        }
+    };
+    if !(loss.is_finite() && loss >= 0.0) {
+        return Err(Error::invalid(
+            path,
+            format!("{field} is {loss}, not a loss (>= 0)"),
+        ));
+    }
+    Ok(loss)
 }
 
 /// The verdict as a JUnit XML test suite named after the `packed` checkpoint.

@@ -127,13 +127,16 @@ impl ActivationQuant {
             ));
         }
         let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        // A range too small for a normal step (an input that was always 0) gets the smallest
+        // normal one: every value of the range still quantizes to itself, and 1 / scale stays
+        // finite.
         let (scale, zero) = if symmetric {
             let qmax = ((1u32 << (bits - 1)) - 1) as f32;
-            (lo.abs().max(hi) / qmax, 0.0)
+            ((lo.abs().max(hi) / qmax).max(f32::MIN_POSITIVE), 0.0)
         } else {
             let levels = ((1u64 << bits) - 1) as f32;
-            let s = (hi - lo) / levels;
-            (s, if s > 0.0 { (-lo / s).round() } else { 0.0 })
+            let s = ((hi - lo) / levels).max(f32::MIN_POSITIVE);
+            (s, (-lo / s).round().min(levels))
         };
         Ok(ActivationQuant {
             bits,
@@ -141,6 +144,39 @@ impl ActivationQuant {
             scale,
             zero,
         })
+    }
+
+    /// Checks a quantizer read from a file: 8 or 16 bits, a normal positive scale whose
+    /// reciprocal is finite, and a zero-point that is a code (0 when symmetric).
+    pub fn validate(&self) -> Result<(), String> {
+        if Activation::quantized(self.bits).is_none() {
+            return Err(format!("{} bits (8 or 16 are supported)", self.bits));
+        }
+        if !(self.scale.is_normal() && self.scale > 0.0 && (1.0 / self.scale).is_finite()) {
+            return Err(format!(
+                "scale {:e} is not a positive normal step",
+                self.scale
+            ));
+        }
+        let (_, top) = self.codes();
+        let zero_ok = if self.symmetric {
+            self.zero == 0.0
+        } else {
+            self.zero.fract() == 0.0 && (0.0..=top).contains(&self.zero)
+        };
+        if !zero_ok {
+            return Err(format!(
+                "zero-point {} is not a code of {} {}-bit codes",
+                self.zero,
+                if self.symmetric {
+                    "symmetric"
+                } else {
+                    "unsigned"
+                },
+                self.bits
+            ));
+        }
+        Ok(())
     }
 
     /// The quantizer `cal` picks from the input histogram `h`.
@@ -166,9 +202,6 @@ impl ActivationQuant {
 
     /// `x` quantized and dequantized: clamp(round(x / scale) + zero) - zero, times scale.
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.scale == 0.0 {
-            return x.zeros_like();
-        }
         let (lo, hi) = self.codes();
         let inv = 1.0 / self.scale as f64;
         x.affine(inv, self.zero as f64)?

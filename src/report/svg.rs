@@ -276,10 +276,21 @@ fn decade_grid(s: &mut String, (lo, hi): (f64, f64), x0: f64, x1: f64, y: impl F
 /// Escapes text for XML content and attributes.
 /// `text` with XML's special characters escaped (SVG and JUnit XML).
 pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            // Kept as written inside attribute values, which parsers would normalise to spaces.
+            '\t' | '\n' | '\r' => out.push_str(&format!("&#{};", c as u32)),
+            // XML 1.0 has no way to write other control characters (not even as references).
+            '\u{0}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}' => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

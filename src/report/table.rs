@@ -1,7 +1,5 @@
 //! A minimal aligned text table: left-aligned first column, right-aligned numbers.
 
-use std::fmt::Write as _;
-
 /// Rows of cells printed with aligned columns.
 #[derive(Debug, Default)]
 pub struct Table {
@@ -35,12 +33,18 @@ impl Table {
         let mut out = String::new();
         for row in std::iter::once(&self.header).chain(&self.rows) {
             let mut line = " ".repeat(indent);
-            for (c, w) in width.iter().enumerate() {
+            for (c, &w) in width.iter().enumerate() {
                 let cell = row.get(c).map(String::as_str).unwrap_or("");
+                // Padded by hand: `format!`'s width panics past u16::MAX (a tensor name can be
+                // longer).
+                let pad = " ".repeat(w - cell.chars().count());
                 if c == 0 {
-                    let _ = write!(line, "{cell:<w$}");
+                    line.push_str(cell);
+                    line.push_str(&pad);
                 } else {
-                    let _ = write!(line, "  {cell:>w$}");
+                    line.push_str("  ");
+                    line.push_str(&pad);
+                    line.push_str(cell);
                 }
             }
             out.push_str(line.trim_end());
@@ -60,5 +64,17 @@ mod tests {
         t.row(["a", "1"]);
         t.row(["long", "100"]);
         assert_eq!(t.render(1), " name    n\n a       1\n long  100\n");
+    }
+
+    #[test]
+    fn cells_wider_than_formats_width_limit_align() {
+        let long = "x".repeat(70_000);
+        let mut t = Table::new(["name", "n"]);
+        t.row([long.as_str(), "1"]);
+        t.row(["a", "22"]);
+        let out = t.render(0);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[1].len(), 70_000 + 2 + 2);
+        assert_eq!(lines[2], format!("a{}  22", " ".repeat(69_999)));
     }
 }

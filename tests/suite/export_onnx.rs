@@ -4,14 +4,14 @@
 //! float-input layers with every integer width and scheme, and with the same held-out mean KL
 //! (within 3%) when A8 and A16 inputs are mixed.
 
-use crate::common::{self, calibrated, llama, tiny};
+use crate::common::{self, a, calibrated, llama, pack, tiny};
 use qpipe::checkpoint::Checkpoint;
 use qpipe::export::onnx;
-use qpipe::export::packed::{self, Choice, Folded, Others};
+use qpipe::export::packed::Others;
 use qpipe::model::llama::sequence_logits;
 use qpipe::model::Model;
 use qpipe::packed::Packed;
-use qpipe::quant::{ActivationQuant, Calibrator, FloatType, Format, Rescale, Symmetry, Transform};
+use qpipe::quant::{ActivationQuant, FloatType, Format};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -63,51 +63,6 @@ fn ort_logits(lib: &Path, model: &Path, windows: &[Vec<u32>], compute: Compute) 
         .collect();
     let per = values.len() / windows.len();
     values.chunks_exact(per).map(<[f32]>::to_vec).collect()
-}
-
-/// The model of `source` (loaded as `model`) packed into `dir`: per quantizable weight `i`,
-/// `choose(i, name, multiplies)`'s format and input quantizer; the other tensors as `others`.
-fn pack(
-    source: &Path,
-    model: &Model,
-    dir: &Path,
-    others: Others,
-    choose: impl Fn(usize, &str, bool) -> (Format, Option<ActivationQuant>),
-) -> PathBuf {
-    let ckpt = Checkpoint::open(source).unwrap();
-    let choices: BTreeMap<String, Choice<'_>> = model
-        .quantizable()
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let matmul = l.usage().multiplies() && !l.usage().gathers();
-            let (format, input_quant) = choose(i, l.name(), matmul);
-            let choice = Choice {
-                format,
-                calibrator: Calibrator::Mse,
-                importance: None,
-                gptq: None,
-                input_quant,
-                transform: Transform::None,
-                rescale: Rescale::NONE,
-            };
-            (l.name().to_string(), choice)
-        })
-        .collect();
-    let path = dir.join("model.qpipe.safetensors");
-    std::fs::copy(source.join("config.json"), dir.join("config.json")).unwrap();
-    let provenance = common::test_provenance();
-    packed::write(
-        &path,
-        &ckpt,
-        model,
-        &choices,
-        &provenance,
-        others,
-        &Folded::new(),
-    )
-    .unwrap();
-    path
 }
 
 /// The encodings file of `written` holds every quantized weight's grid as AIMET reads it
@@ -227,12 +182,6 @@ fn check_encodings(packed: &Packed, written: &onnx::Written) -> (usize, usize) {
         params.values().filter(|v| v["dtype"] == "INT").count()
     );
     (weights, activations.len())
-}
-
-/// The input quantizer of `name` at `bits` from its calibration histogram.
-fn a(stats: &qpipe::calib::Stats, name: &str, bits: u32) -> ActivationQuant {
-    let h = &stats.linear(name).unwrap().histogram;
-    ActivationQuant::calibrated(Calibrator::MinMax, h, bits, Symmetry::Asymmetric).unwrap()
 }
 
 #[test]

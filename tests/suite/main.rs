@@ -20,6 +20,7 @@ mod export_gguf;
 mod export_onnx;
 mod gguf_tokenizer;
 mod gptq;
+mod hardening;
 mod hardware;
 mod hardware_host;
 mod import;

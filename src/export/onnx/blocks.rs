@@ -22,7 +22,6 @@ pub struct Blocks<'a> {
     pub encodings: Collector,
     /// Per tensor, its quantized copies read by matmuls: the quantizer and the QDQ's output.
     quantized: HashMap<String, Vec<(ActivationQuant, String)>>,
-    zero_f: String,
 }
 
 impl<'a> Blocks<'a> {
@@ -38,14 +37,12 @@ impl<'a> Blocks<'a> {
         ] {
             g.i64s(name, &[axis]);
         }
-        let zero_f = g.f32s("zero_f", &[], &[0.0]);
         Blocks {
             g,
             packed,
             widened: Vec::new(),
             encodings: Collector::default(),
             quantized: HashMap::new(),
-            zero_f,
         }
     }
 
@@ -107,10 +104,6 @@ impl<'a> Blocks<'a> {
 
     fn qdq(&mut self, x: &str, name: &str, q: ActivationQuant) -> String {
         let g = &mut self.g;
-        if q.scale == 0.0 {
-            // Every input quantizes to the zero-point: the layer sees zeros.
-            return g.op("Mul", &[x, &self.zero_f], vec![], "zeroed");
-        }
         let scale = g.f32s(&format!("{name}.input_scale"), &[], &[q.scale]);
         let (dtype, raw) = match (q.bits, q.symmetric) {
             (8, true) => (DataType::INT8, vec![0u8]),

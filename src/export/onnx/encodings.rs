@@ -145,13 +145,6 @@ impl Collector {
 
     /// The input tensor `name` quantized by `q`.
     pub fn activation(&mut self, name: &str, q: ActivationQuant) {
-        if q.scale <= 0.0 {
-            self.omitted.push(Omitted {
-                name: name.to_string(),
-                reason: "its quantizer has scale 0 (the graph multiplies it by 0)".into(),
-            });
-            return;
-        }
         let offset = if q.symmetric {
             -(1i64 << (q.bits - 1))
         } else {

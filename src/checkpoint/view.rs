@@ -55,6 +55,30 @@ impl TensorView<'_> {
         Ok(())
     }
 
+    /// Errors naming the tensor, the element and its value if any element is NaN or Inf: a
+    /// model with one computes nothing but NaN, so loading refuses it before any work.
+    pub fn check_finite(&self) -> Result<()> {
+        let mut buf = [0f32; 4096];
+        let mut at = 0;
+        while at < self.numel() {
+            let n = buf.len().min(self.numel() - at);
+            self.decode_f32(at, &mut buf[..n])?;
+            if let Some(i) = buf[..n].iter().position(|v| !v.is_finite()) {
+                return Err(Error::invalid(
+                    self.file,
+                    format!(
+                        "tensor '{}' holds {} at element {}",
+                        self.name,
+                        buf[i],
+                        at + i
+                    ),
+                ));
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
     /// The whole tensor as an f32 vector (allocates numel x 4 bytes; use for single tensors).
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
         let mut out = vec![0f32; self.numel()];

@@ -110,6 +110,15 @@ impl Drop for TempGuard {
     }
 }
 
+/// Whether `path` is one of the temp files [`atomically`] writes (`.NAME.tmp-PID`).
+pub fn is_temp_file(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        n.starts_with('.')
+            && n.rsplit_once(".tmp-")
+                .is_some_and(|(_, pid)| pid.parse::<u32>().is_ok())
+    })
+}
+
 /// The hidden temp file beside `path` that a write goes to before the rename.
 fn temp_path(path: &Path) -> PathBuf {
     let name = path
@@ -127,19 +136,59 @@ pub(crate) fn atomically(
 ) -> Result<()> {
     let tmp = temp_path(path);
     let mut guard = TempGuard::new(tmp.clone());
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(Error::io(&tmp))?;
-    let mut out = BufWriter::with_capacity(1 << 20, &file);
-    write(&mut out, &tmp)?;
-    out.flush().map_err(Error::io(&tmp))?;
-    drop(out);
-    file.sync_all().map_err(Error::io(&tmp))?;
+    let written = (|| {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(Error::io(&tmp))?;
+        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        write(&mut out, &tmp)?;
+        out.flush().map_err(Error::io(&tmp))?;
+        drop(out);
+        file.sync_all().map_err(Error::io(&tmp))
+    })();
+    // The user asked for `path`: an I/O error on the hidden temp file beside it names `path`.
+    written.map_err(|e| match e {
+        Error::Io { path: p, source } if p == tmp => Error::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        e => e,
+    })?;
     std::fs::rename(&tmp, path).map_err(Error::io(path))?;
     guard.done = true;
     Ok(())
+}
+
+/// Errors naming `path` if the directory it would be written into cannot take a file (see
+/// [`check_writable`]).
+pub fn check_writable_file(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    check_writable(dir).map_err(|e| match e {
+        Error::Io { source, .. } => Error::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        e => e,
+    })
+}
+
+/// Errors naming `dir` if a file cannot be created in it (it is missing, not a directory, or
+/// not writable): checked before long work whose results would go there.
+pub fn check_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(format!(".qpipe-write-check-{}", std::process::id()));
+    let created = OpenOptions::new().write(true).create_new(true).open(&probe);
+    match created {
+        Ok(_) => std::fs::remove_file(&probe).map_err(Error::io(&probe)),
+        Err(source) => Err(Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Writes a small file (config, report) atomically.

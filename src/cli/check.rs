@@ -3,7 +3,7 @@
 
 use super::eval::Data;
 use super::{print, Stderr};
-use qpipe::checkpoint::write::write_atomic;
+use qpipe::checkpoint::write::{check_writable_file, write_atomic};
 use qpipe::pipeline::eval::{self, Gate};
 use qpipe::Result;
 use std::io::Write;
@@ -43,6 +43,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
         tolerance: args.tolerance,
     };
     let request = args.data.request(&args.packed, &args.reference);
+    if let Some(path) = &args.junit {
+        check_writable_file(path)?;
+    }
     let verdict = eval::check(&request, &gate, &Stderr::default())?;
     if let Some(path) = &args.junit {
         write_atomic(path, eval::junit(&verdict, &args.packed).as_bytes())?;

@@ -61,11 +61,20 @@ pub struct Args {
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
     let start = Instant::now();
     let observer = Stderr::default();
+    // Where the results go is checked before the work.
+    let out_dir = args.out.as_deref().map(OutDir::create).transpose()?;
     let checkpoint = Checkpoint::open(&args.model)?;
     let model = Model::load(&checkpoint)?;
     let tokenizer = data::tokenizer(&checkpoint)?;
     let text = super::text(&args.data, data::Builtin::SotuCalibration);
-    let ids = load_tokens(&tokenizer, &text, args.tokens, args.seq_len, &observer)?;
+    let ids = load_tokens(
+        &tokenizer,
+        &text,
+        args.tokens,
+        args.seq_len,
+        model.vocab_size(),
+        &observer,
+    )?;
     let sequences = data::sequences(&ids, args.seq_len, args.tokens);
     let used = sequences.len() * args.seq_len;
     let stats = calib::collect(&model, &sequences, 1)?;
@@ -91,8 +100,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<i32> {
             Reuse::FullRecompute => "full recompute",
         }
     ));
-    if let Some(dir) = &args.out {
-        OutDir::create(dir)?.write_sensitivity(&result)?;
+    if let Some(dir) = out_dir {
+        dir.write_sensitivity(&result)?;
     }
     let text = if args.json {
         super::json_text(&result)?

@@ -108,7 +108,12 @@ pub fn detect(checkpoint: &Checkpoint) -> Architecture {
         (Family::Llama, "self_attn.q_proj.weight"),
         (Family::Bert, "attention.self.query.weight"),
     ] {
-        if checkpoint.tensors().any(|t| t.name.ends_with(probe)) {
+        // A packed checkpoint stores a quantized weight as NAME.qweight (and its scales).
+        let packed = format!("{probe}.qweight");
+        if checkpoint
+            .tensors()
+            .any(|t| t.name.ends_with(probe) || t.name.ends_with(&packed))
+        {
             return Architecture {
                 family: Some(family),
                 name: format!("{family:?} (tensor names)").to_lowercase(),

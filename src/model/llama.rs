@@ -121,7 +121,28 @@ impl LlamaConfig {
                 self.hidden_act
             ));
         }
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} {v} is not a positive number"))
+            }
+        };
+        positive("rope_theta", self.rope_theta)?;
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return Err(format!(
+                "rms_norm_eps {} is not a number >= 0",
+                self.rms_norm_eps
+            ));
+        }
         if let Some(s) = &self.rope_scaling {
+            positive("rope_scaling.factor", s.factor)?;
+            for (name, v) in [
+                ("rope_scaling.low_freq_factor", s.low_freq_factor),
+                ("rope_scaling.high_freq_factor", s.high_freq_factor),
+            ] {
+                v.map_or(Ok(()), |v| positive(name, v))?;
+            }
             match s.rope_type.as_str() {
                 "linear" => {}
                 "llama3"

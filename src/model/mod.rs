@@ -37,6 +37,14 @@ pub enum Model {
 }
 
 impl Model {
+    /// Rows of the token embedding: every token id the model takes is below it.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Model::Llama(m) => m.config().vocab_size,
+            Model::Bert(m) => m.config().vocab_size,
+        }
+    }
+
     /// Detects the architecture of `checkpoint` and loads it; an unsupported architecture is an
     /// error naming it and what is supported.
     pub fn load(checkpoint: &Checkpoint) -> Result<Model> {

@@ -75,6 +75,7 @@ impl<'a> Weights<'a> {
                 ),
             ));
         }
+        view.check_finite()?;
         let t = view.to_candle(&Device::Cpu)?;
         t.to_dtype(DType::F32)
             .map_err(Error::compute(format!("{}: '{name}'", view.file.display())))

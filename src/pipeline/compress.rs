@@ -168,6 +168,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         &text.calibration,
         2 * text.tokens + text.hessian_tokens.saturating_sub(text.tokens),
         seq_len,
+        model.vocab_size(),
         observer,
     )?;
     let eval_ids = load_tokens(
@@ -175,6 +176,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         &text.evaluation,
         text.eval_tokens,
         seq_len,
+        model.vocab_size(),
         observer,
     )?;
     let sequences = crate::data::sequences(&cal_ids, seq_len, text.tokens);
@@ -197,8 +199,7 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
     let activations = policy::activations(&target, &plan.formats);
     let formats = policy::candidate_formats(&target, &plan.formats, &activations)?;
     let exports = policy::exports(&request.exports, &target, &model, &formats)?;
-    let out = OutDir::create(&request.out)?;
-    let constraints = constraints(&request.limits, observer);
+    let out = OutDir::staged(&request.out, request.start)?;
     let space = Space::new(
         &model,
         &formats,
@@ -214,6 +215,51 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
     let names: Vec<&str> = space.slots.iter().map(|s| s.name.as_str()).collect();
     let rest = export::packed::rest(&checkpoint, &names, others)?;
     let space = space.with_rest(rest);
+
+    // What this run is made from: a resumed run refuses an output directory made from others.
+    let input_sha256 = sha256_files(checkpoint.files())?;
+    let resume = request.start == Start::Resume;
+    let key = calib::key(&input_sha256, &sequences);
+    let names = |v: Vec<String>| serde_json::json!(v);
+    out.claim(
+        &[
+            ("input_sha256", input_sha256.clone().into()),
+            ("calibration tokens", key.clone().into()),
+            (
+                "held-out tokens",
+                calib::key(&input_sha256, &eval_sequences).into(),
+            ),
+            (
+                "hessian tokens",
+                calib::key(&input_sha256, &hessian_sequences).into(),
+            ),
+            ("target", target.name.clone().into()),
+            (
+                "formats",
+                names(formats.iter().map(|f| f.to_string()).collect()),
+            ),
+            (
+                "activations",
+                names(activations.iter().map(|a| a.name().to_string()).collect()),
+            ),
+            (
+                "calibrators",
+                names(plan.calibrators.iter().map(|c| c.to_string()).collect()),
+            ),
+            (
+                "rounding",
+                names(space.roundings.iter().map(|r| r.to_string()).collect()),
+            ),
+            (
+                "transforms",
+                names(space.transforms.iter().map(|t| t.to_string()).collect()),
+            ),
+            ("top_k", text.top_k.into()),
+            ("sensitivity tokens", text.sensitivity_tokens.into()),
+        ],
+        resume,
+    )?;
+    let constraints = constraints(&request.limits, observer);
     let tables = space.slots.iter().filter(|s| s.usage.gathers()).count();
     observer.note(&format!(
         "{} on {} ({}): {} matmul weights and {tables} embedding tables, formats {}, activations {}",
@@ -230,9 +276,6 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
     ));
 
     stage(Stage::Calibration);
-    let input_sha256 = sha256_files(checkpoint.files())?;
-    let resume = request.start == Start::Resume;
-    let key = calib::key(&input_sha256, &sequences);
     let stats = match resume.then(|| out.saved_stats(&key)).flatten() {
         Some(s) => {
             observer.note("calibration statistics reused from calibration/statistics.json");
@@ -289,6 +332,8 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
     let sensitivity = match saved {
         Some(s) => {
             stage(Stage::SensitivityReused);
+            // Its chart too, which an interrupted run may not have written.
+            out.write_sensitivity(&s)?;
             s
         }
         None => {
@@ -463,7 +508,16 @@ pub fn compress(request: &CompressRequest, observer: &dyn Observer) -> Result<Co
         onnx,
         provenance,
     };
+    let mut report = report;
+    if let Some(o) = report.onnx.as_mut() {
+        o.path = out.final_path(&o.path);
+        o.data_path = o.data_path.as_deref().map(|p| out.final_path(p));
+        if let Some(e) = o.encodings.as_mut() {
+            e.path = out.final_path(&e.path);
+        }
+    }
     out.write_report(&report)?;
+    out.finish()?;
     observer.note(&format!(
         "done in {:.1} s; wrote {}",
         start.elapsed().as_secs_f64(),

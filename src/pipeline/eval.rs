@@ -49,7 +49,14 @@ pub fn evaluate(request: &EvalRequest, observer: &dyn Observer) -> Result<Compar
     let seq_len = request
         .seq_len
         .unwrap_or_else(|| default_seq_len(&reference_model));
-    let ids = load_tokens(&tokenizer, &request.data, request.tokens, seq_len, observer)?;
+    let ids = load_tokens(
+        &tokenizer,
+        &request.data,
+        request.tokens,
+        seq_len,
+        reference_model.vocab_size(),
+        observer,
+    )?;
     let sequences = crate::data::sequences(&ids, seq_len, request.tokens);
     let packed_model = Model::load_packed(&packed_ckpt)?;
     compare(

@@ -118,12 +118,14 @@ pub fn default_seq_len(model: &Model) -> usize {
 }
 
 /// The tokens of `text`, cut to whole sequences of `seq_len` within `tokens`; an error when
-/// not even one sequence fits, a note when fewer than `tokens` do.
+/// not even one sequence fits or a token id is not below `vocab` (the model's embedding rows),
+/// a note when fewer than `tokens` do.
 pub fn load_tokens(
     tokenizer: &tokenizers::Tokenizer,
     text: &Text,
     tokens: usize,
     seq_len: usize,
+    vocab: usize,
     observer: &dyn Observer,
 ) -> Result<Vec<u32>> {
     if seq_len < 2 || tokens < seq_len {
@@ -149,5 +151,14 @@ pub fn load_tokens(
         ));
     }
     ids.truncate(used);
+    if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::invalid(
+            text.subject(),
+            format!(
+                "the tokenizer gives token id {id}, past the model's {vocab}-row embedding \
+                 (tokenizer.json and config.json's vocab_size disagree)"
+            ),
+        ));
+    }
     Ok(ids)
 }

@@ -4,7 +4,7 @@
 
 use super::policy::Validated;
 use crate::calib::{Hessians, Stats};
-use crate::checkpoint::write::write_atomic;
+use crate::checkpoint::write::{check_writable, write_atomic};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result, Subject};
 use crate::eval::Comparison;
@@ -144,52 +144,205 @@ struct Saved<K, T> {
     value: T,
 }
 
-/// A compress run's output directory and the files in it.
+/// Every file a compress run writes, by name: at the end each is moved from the staging
+/// directory into the output directory, and any of them the run did not write is removed there
+/// (the leftover of an earlier run with other exports).
+const OUTPUTS: &[&str] = &[
+    "model.qpipe.safetensors",
+    "model.gguf",
+    "model.onnx",
+    "model.onnx.data",
+    "model.encodings",
+    "config.json",
+    "tokenizer.json",
+    REPORT,
+    "pareto.svg",
+    "sensitivity.json",
+    "sensitivity.svg",
+    "search-state.json",
+    RESUME,
+    CALIBRATION,
+];
+
+/// What a resumable run was made from, checked by `--resume` before it reuses anything.
+const RESUME: &str = "resume.json";
+
+/// A compress run's output directory and the files in it. A run writes into a staging
+/// directory beside it (`.NAME.qpipe-partial`) and moves its files into place only when it
+/// succeeds ([`OutDir::finish`]), so a failed run leaves the output directory as it found it;
+/// an interrupted one leaves the staging directory, which `--resume` continues from.
 pub struct OutDir {
     dir: PathBuf,
+    staging: PathBuf,
 }
 
 impl OutDir {
-    /// The directory `dir`, created if missing.
+    /// The directory `dir`, created if missing, written directly (`qpipe sensitivity --out`).
     pub fn create(dir: &Path) -> Result<OutDir> {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        check_writable(dir)?;
         Ok(OutDir {
             dir: dir.to_path_buf(),
+            staging: dir.to_path_buf(),
         })
     }
 
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.dir
+    /// The output directory `dir` of a compress run, staged: a fresh run starts an empty
+    /// staging directory; a resumed one continues the staging directory an interrupted run
+    /// left (its stale temp files removed) or, after a finished run, starts one holding that
+    /// run's resumable files. Fails before any work if the files could not be written.
+    pub fn staged(dir: &Path, start: super::Start) -> Result<OutDir> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::invalid(dir, "not a directory name to write into"))?;
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::invalid(dir, "exists and is not a directory"));
+        }
+        std::fs::create_dir_all(&parent).map_err(Error::io(&parent))?;
+        check_writable(&parent)?;
+        if dir.is_dir() {
+            check_writable(dir)?;
+        }
+        let staging = parent.join(format!(".{name}.qpipe-partial"));
+        let out = OutDir {
+            dir: dir.to_path_buf(),
+            staging,
+        };
+        let continuing = start == super::Start::Resume && out.staging.is_dir();
+        if !continuing && out.staging.exists() {
+            std::fs::remove_dir_all(&out.staging).map_err(Error::io(&out.staging))?;
+        }
+        std::fs::create_dir_all(out.staging.join(CALIBRATION)).map_err(Error::io(&out.staging))?;
+        if continuing {
+            out.remove_stale_temp_files()?;
+        } else if start == super::Start::Resume {
+            out.link_resumable()?;
+        }
+        Ok(out)
+    }
+
+    /// Removes the temp files a killed run left in the staging directory (a run removes its
+    /// own on Ctrl-C, but not when it is killed).
+    fn remove_stale_temp_files(&self) -> Result<()> {
+        for dir in [self.staging.clone(), self.staging.join(CALIBRATION)] {
+            let entries = std::fs::read_dir(&dir).map_err(Error::io(&dir))?;
+            for entry in entries {
+                let path = entry.map_err(Error::io(&dir))?.path();
+                if crate::checkpoint::write::is_temp_file(&path) {
+                    std::fs::remove_file(&path).map_err(Error::io(&path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hard links (or copies, across file systems) of a finished run's resumable files into
+    /// the staging directory.
+    fn link_resumable(&self) -> Result<()> {
+        let files = ["search-state.json", "sensitivity.json", RESUME]
+            .map(PathBuf::from)
+            .into_iter()
+            .chain([STATS, HESSIANS].map(|f| Path::new(CALIBRATION).join(f)));
+        for f in files {
+            let (from, to) = (self.dir.join(&f), self.staging.join(&f));
+            if from.is_file() && std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).map_err(Error::io(&from))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every file the run wrote from the staging directory into the output directory
+    /// (replacing an earlier run's), removes the qpipe files it did not write there, and
+    /// removes the staging directory.
+    pub fn finish(self) -> Result<()> {
+        if self.staging == self.dir {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(Error::io(&self.dir))?;
+        for name in OUTPUTS {
+            let (from, to) = (self.staging.join(name), self.dir.join(name));
+            if to.is_dir() {
+                std::fs::remove_dir_all(&to).map_err(Error::io(&to))?;
+            } else if to.exists() {
+                std::fs::remove_file(&to).map_err(Error::io(&to))?;
+            }
+            if from.exists() {
+                std::fs::rename(&from, &to).map_err(Error::io(&to))?;
+            }
+        }
+        std::fs::remove_dir_all(&self.staging).map_err(Error::io(&self.staging))
+    }
+
+    /// Where `staged`, a path written in the staging directory, will be after [`OutDir::finish`].
+    pub fn final_path(&self, staged: &Path) -> PathBuf {
+        staged
+            .strip_prefix(&self.staging)
+            .map_or_else(|_| staged.to_path_buf(), |rest| self.dir.join(rest))
+    }
+
+    /// `resume.json`: what this run is made from (`fields`, named values), for a later
+    /// `--resume`. A resumed run first checks the saved fields in order and refuses to reuse
+    /// anything made from other inputs, naming the first that differs.
+    pub fn claim(&self, fields: &[(&str, serde_json::Value)], resume: bool) -> Result<()> {
+        let path = self.staging.join(RESUME);
+        if resume {
+            if let Ok(bytes) = std::fs::read(&path) {
+                let saved: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::invalid(&path, format!("not a qpipe resume file: {e}")))?;
+                if let Some((field, want)) = fields.iter().find(|(f, v)| saved.get(*f) != Some(v)) {
+                    let had = saved.get(*field).unwrap_or(&serde_json::Value::Null);
+                    return Err(Error::invalid(
+                        self.dir.as_path(),
+                        format!(
+                            "--resume: the saved run was made with another {field} ({had} there, \
+                             {want} now); rerun without --resume or into another --out"
+                        ),
+                    ));
+                }
+            }
+        }
+        let object: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .map(|(f, v)| (f.to_string(), v.clone()))
+            .collect();
+        let text = serde_json::to_string_pretty(&object)
+            .map_err(|e| Error::invalid(&path, e.to_string()))?;
+        write_atomic(&path, format!("{text}\n").as_bytes())
     }
 
     /// The packed checkpoint.
     pub fn packed(&self) -> PathBuf {
-        self.dir.join("model.qpipe.safetensors")
+        self.staging.join("model.qpipe.safetensors")
     }
 
     /// The GGUF file for llama.cpp.
     pub fn gguf(&self) -> PathBuf {
-        self.dir.join("model.gguf")
+        self.staging.join("model.gguf")
     }
 
     /// The ONNX file for the targets whose toolchains load ONNX.
     pub fn onnx(&self) -> PathBuf {
-        self.dir.join("model.onnx")
+        self.staging.join("model.onnx")
     }
 
     /// The search state `--resume` continues.
     pub fn search_state(&self) -> PathBuf {
-        search::state_path(&self.dir)
+        search::state_path(&self.staging)
     }
 
     fn sensitivity_json(&self) -> PathBuf {
-        self.dir.join("sensitivity.json")
+        self.staging.join("sensitivity.json")
     }
 
     /// Writes `name` in the directory, atomically.
     fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        write_atomic(&self.dir.join(name), bytes)
+        write_atomic(&self.staging.join(name), bytes)
     }
 
     /// `sensitivity.json` and its chart, `sensitivity.svg`.
@@ -236,7 +389,7 @@ impl OutDir {
     /// The calibration statistics an earlier run saved here under `key` (anything missing,
     /// unreadable or computed from other inputs is computed again).
     pub fn saved_stats(&self, key: &str) -> Option<Stats> {
-        let bytes = std::fs::read(self.dir.join(CALIBRATION).join(STATS)).ok()?;
+        let bytes = std::fs::read(self.staging.join(CALIBRATION).join(STATS)).ok()?;
         let saved: Saved<String, Stats> = serde_json::from_slice(&bytes).ok()?;
         (saved.key == key && saved.value.version == crate::calib::FORMAT_VERSION)
             .then_some(saved.value)
@@ -252,7 +405,7 @@ impl OutDir {
 
     /// The directory of the calibration results, created if missing.
     fn calibration(&self) -> Result<PathBuf> {
-        let dir = self.dir.join(CALIBRATION);
+        let dir = self.staging.join(CALIBRATION);
         std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
         Ok(dir)
     }
@@ -260,7 +413,7 @@ impl OutDir {
     /// The input Hessians an earlier run saved here under `key` (anything missing, unreadable
     /// or computed from other inputs is computed again).
     pub fn saved_hessians(&self, key: &str) -> Option<Hessians> {
-        let (h, saved) = Hessians::load(&self.dir.join(CALIBRATION).join(HESSIANS)).ok()?;
+        let (h, saved) = Hessians::load(&self.staging.join(CALIBRATION).join(HESSIANS)).ok()?;
         (saved == key).then_some(h)
     }
 

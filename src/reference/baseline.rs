@@ -96,6 +96,20 @@ impl Baseline {
             }
             _ => candle_core::bail!("the reference does not match the model family"),
         }
+        let finite = match &baseline.reference {
+            Reference::Logits(top) => top
+                .logprobs
+                .iter()
+                .chain(&top.rest)
+                .all(|v| v.is_finite() || *v == f32::NEG_INFINITY),
+            Reference::Embeddings { rows, .. } => rows.iter().flatten().all(|v| v.is_finite()),
+        };
+        if !finite {
+            candle_core::bail!(
+                "the float model's outputs are NaN or Inf on these tokens (its config.json or \
+                 weights hold values it cannot compute with)"
+            );
+        }
         Ok(baseline)
     }
 

@@ -251,3 +251,334 @@ fn finding_11_junit_is_well_formed_xml_and_a_lying_baseline_is_refused() {
         &["qpipe.json", "packed.lm.mean_kld is -1"],
     );
 }
+
+/// A copy of models/tiny in `dir` with its config.json changed by `config` and every element
+/// of the F32 tensor `tensor` (if given) set to `value`.
+fn tiny_variant(
+    dir: &Path,
+    config: impl FnOnce(&mut serde_json::Value),
+    tensor: Option<(&str, f32)>,
+) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let src = tiny();
+    std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    config(&mut c);
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    let mut bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    if let Some((name, value)) = tensor {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let [a, b] = [0, 1].map(|i| header[name]["data_offsets"][i].as_u64().unwrap() as usize);
+        for chunk in bytes[8 + n + a..8 + n + b].chunks_exact_mut(4) {
+            chunk.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    dir.to_path_buf()
+}
+
+/// Finding 5: `sensitivity` on a model that computes NaN (config `rope_theta: 0`, an all-NaN
+/// `model.norm.weight`) exited 0 with every delta-KL 0. The config and the weights are checked
+/// when the model loads, and float outputs that are not finite (a norm of 1e38 overflows) are
+/// an error of the reference pass, in every command.
+#[test]
+fn finding_05_a_model_that_computes_nan_is_refused_before_any_work() {
+    let _cpu = common::busy();
+    let dir = tempfile::tempdir().unwrap();
+    let sens = |m: &Path| {
+        qpipe(&[
+            "sensitivity",
+            m.to_str().unwrap(),
+            "--tokens",
+            "128",
+            "--seq-len",
+            "64",
+            "--formats",
+            "int4-g32-asym",
+        ])
+    };
+    let theta = tiny_variant(
+        &dir.path().join("theta"),
+        |c| c["rope_theta"] = 0.into(),
+        None,
+    );
+    bad(
+        &sens(&theta),
+        &["config.json", "rope_theta 0 is not a positive number"],
+    );
+    let nan = tiny_variant(
+        &dir.path().join("nan"),
+        |_| {},
+        Some(("model.norm.weight", f32::NAN)),
+    );
+    bad(
+        &sens(&nan),
+        &[
+            "model.safetensors",
+            "'model.norm.weight' holds NaN at element 0",
+        ],
+    );
+    let huge = tiny_variant(
+        &dir.path().join("huge"),
+        |_| {},
+        Some(("model.norm.weight", 1e38)),
+    );
+    bad(&sens(&huge), &["NaN or Inf"]);
+    // The same in compress, before its output directory exists.
+    let out = dir.path().join("out");
+    let (code, _, stderr) = qpipe(&[
+        "compress",
+        nan.to_str().unwrap(),
+        "--target",
+        "hexagon",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("'model.norm.weight' holds NaN"), "{stderr}");
+    assert!(!out.exists());
+}
+
+/// A quick compress of `model` for hexagon into `out` (a few seconds).
+fn quick(model: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "compress",
+        model.to_str().unwrap(),
+        "--target",
+        "hexagon",
+        "--tokens",
+        "256",
+        "--eval-tokens",
+        "256",
+        "--seq-len",
+        "64",
+        "--sensitivity-tokens",
+        "64",
+        "--hessian-tokens",
+        "256",
+        "--top-k",
+        "32",
+        "--population",
+        "4",
+        "--generations",
+        "0",
+        "--rounding",
+        "rtn",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    qpipe(&args)
+}
+
+/// Every file under `dir` with its bytes, sorted by path.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(snapshot(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Finding 3: `--resume` into an output directory made from another model, other text or for
+/// another target reused its search state, genome cache and sensitivity. resume.json records
+/// what a run was made from; a resumed run refuses, naming what differs, before any work.
+#[test]
+fn finding_03_resume_refuses_a_run_made_from_other_inputs() {
+    let _cpu = common::busy();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (code, _, stderr) = quick(&tiny(), &out, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let before = snapshot(&out);
+    let other = tiny_variant(
+        &dir.path().join("other"),
+        |_| {},
+        Some(("model.norm.weight", 0.5)),
+    );
+    bad(
+        &quick(&other, &out, &["--resume"]),
+        &["--resume", "input_sha256"],
+    );
+    let text = dir.path().join("text.txt");
+    std::fs::write(
+        &text,
+        common::read_text("calibration-data/moby-dick-calibration.txt"),
+    )
+    .unwrap();
+    let data = text.to_str().unwrap();
+    bad(
+        &quick(&tiny(), &out, &["--resume", "--data", data]),
+        &["--resume", "calibration tokens"],
+    );
+    bad(
+        &quick(
+            &tiny(),
+            &out,
+            &["--resume", "--formats", "int8-channel-sym"],
+        ),
+        &["--resume", "formats"],
+    );
+    assert!(
+        snapshot(&out) == before,
+        "the refused runs changed the output directory"
+    );
+    // The same inputs resume.
+    let (code, _, stderr) = quick(&tiny(), &out, &["--resume"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("reused"), "{stderr}");
+}
+
+/// Finding 4: interrupted while the sensitivity files were written (sensitivity.json done,
+/// sensitivity.svg not; a killed run's temp file left), `--resume` never wrote the chart and
+/// kept the temp file. A resumed run rewrites every output and removes stale temp files.
+#[test]
+fn finding_04_resume_rebuilds_missing_outputs_and_removes_stale_temp_files() {
+    let _cpu = common::busy();
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let (code, _, stderr) = quick(&tiny(), &done, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    // The staging directory a run killed after sensitivity.json leaves.
+    let staging = dir.path().join(".cut.qpipe-partial");
+    std::fs::create_dir_all(staging.join("calibration")).unwrap();
+    for f in [
+        "resume.json",
+        "sensitivity.json",
+        "calibration/statistics.json",
+    ] {
+        std::fs::copy(done.join(f), staging.join(f)).unwrap();
+    }
+    let stale = staging.join(".sensitivity.svg.tmp-4194303");
+    std::fs::write(&stale, b"half a chart").unwrap();
+    let cut = dir.path().join("cut");
+    let (code, _, stderr) = quick(&tiny(), &cut, &["--resume"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("reusing sensitivity.json"), "{stderr}");
+    assert_eq!(
+        std::fs::read(cut.join("sensitivity.svg")).unwrap(),
+        std::fs::read(done.join("sensitivity.svg")).unwrap()
+    );
+    assert!(!staging.exists() && !stale.exists());
+    for (p, _) in snapshot(dir.path()) {
+        assert!(!p.to_string_lossy().contains(".tmp-"), "{}", p.display());
+    }
+}
+
+/// Finding 6: a compress that failed late (one Inf in the embedding; a config.json without
+/// `architectures` or `model_type`) left the packed file, pareto.svg, search-state.json and
+/// the sensitivity files behind, and blamed the output directory's config.json for the missing
+/// architecture. The weights are checked when the model loads, the architecture comes from
+/// the tensor names (a packed checkpoint's too), and a run writes into a staging directory
+/// that is moved into place only at the end: a failure leaves the output directory as it was.
+#[test]
+fn finding_06_a_failed_compress_leaves_the_output_directory_as_it_found_it() {
+    let _cpu = common::busy();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let inf = tiny_variant(
+        &dir.path().join("inf"),
+        |_| {},
+        Some(("model.embed_tokens.weight", f32::INFINITY)),
+    );
+    bad(
+        &quick(&inf, &out, &[]),
+        &["'model.embed_tokens.weight' holds inf"],
+    );
+    assert!(!out.exists());
+
+    let anonymous = tiny_variant(
+        &dir.path().join("anonymous"),
+        |c| {
+            let c = c.as_object_mut().unwrap();
+            c.remove("architectures");
+            c.remove("model_type");
+        },
+        None,
+    );
+    let (code, _, stderr) = quick(&anonymous, &out, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let before = snapshot(&out);
+    // A late failure (no genome that small) into a finished output directory changes nothing.
+    let (code, _, stderr) = quick(&anonymous, &out, &["--max-bpw", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("no genome meets the constraints"),
+        "{stderr}"
+    );
+    assert!(
+        snapshot(&out) == before,
+        "the failed run changed the output directory"
+    );
+}
+
+/// Finding 9: messages that did not say what was wrong with which file. NaN scales in a packed
+/// file gave "<evaluation>: candidate logits contain NaN or Inf"; token ids past the embedding
+/// "index-select invalid index"; an unwritable --junit or export --out was found only after the
+/// work; a failed write named the internal temp file (see also compress.rs's full-disk test).
+#[test]
+fn finding_09_messages_name_the_file_tensor_or_option_and_the_problem() {
+    let _cpu = common::busy();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    let file = packed_tiny(&good);
+    let bytes = std::fs::read(&file).unwrap();
+    let w = "model.layers.1.self_attn.o_proj.weight";
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let at = header[format!("{w}.scales")]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize;
+    let mut nan = bytes.clone();
+    nan[8 + n + at..8 + n + at + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    let d = variant(&good, &dir.path().join("nan"), &nan);
+    bad(&check(&d, &[]), &[w, "scale 0 is NaN"]);
+
+    // A tokenizer whose ids pass the model's 2048-row embedding.
+    let ids = dir.path().join("ids");
+    let model = tiny_variant(&ids, |_| {}, None);
+    let mut tok: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("tokenizer.json")).unwrap()).unwrap();
+    tok["model"]["vocab"]["Ġthe"] = 2100.into();
+    std::fs::write(model.join("tokenizer.json"), tok.to_string()).unwrap();
+    bad(
+        &qpipe(&[
+            "sensitivity",
+            model.to_str().unwrap(),
+            "--tokens",
+            "128",
+            "--seq-len",
+            "64",
+        ]),
+        &["token id 2100", "2048-row embedding"],
+    );
+
+    let missing = dir.path().join("no/such/dir");
+    let junit = missing.join("check.xml");
+    let start = std::time::Instant::now();
+    bad(
+        &check(&good, &["--junit", junit.to_str().unwrap()]),
+        &[junit.to_str().unwrap()],
+    );
+    let onnx = missing.join("model.onnx");
+    bad(
+        &qpipe(&[
+            "export",
+            good.to_str().unwrap(),
+            "--format",
+            "onnx",
+            "--out",
+            onnx.to_str().unwrap(),
+        ]),
+        &[onnx.to_str().unwrap()],
+    );
+    assert!(start.elapsed().as_secs() < 30);
+}

@@ -11,7 +11,7 @@ mod graph;
 mod llama;
 pub mod weights;
 
-use crate::checkpoint::write::{atomically, write_atomic};
+use crate::checkpoint::write::{atomically, check_writable_file, write_atomic};
 use crate::error::{Error, Result};
 pub use crate::hardware::EncodingsFormat;
 use crate::model::arch::{self, Family};
@@ -66,6 +66,7 @@ pub fn write(
     data: Data,
     encodings: Option<EncodingsFormat>,
 ) -> Result<Written> {
+    check_writable_file(path)?;
     let found = arch::detect(&packed.checkpoint);
     let built = match found.family {
         Some(Family::Llama) => {

@@ -563,7 +563,6 @@ fn finding_09_messages_name_the_file_tensor_or_option_and_the_problem() {
 
     let missing = dir.path().join("no/such/dir");
     let junit = missing.join("check.xml");
-    let start = std::time::Instant::now();
     bad(
         &check(&good, &["--junit", junit.to_str().unwrap()]),
         &[junit.to_str().unwrap()],
@@ -580,5 +579,48 @@ fn finding_09_messages_name_the_file_tensor_or_option_and_the_problem() {
         ]),
         &[onnx.to_str().unwrap()],
     );
-    assert!(start.elapsed().as_secs() < 30);
+}
+
+/// Finding 12: the suite failed on a loaded machine (hardware_host timed kernels against
+/// predictions), and `cargo test` then skipped the test binaries after it. Timings are in
+/// benchmarks and the `--ignored` hardware_host test; no other test asserts on a duration, and
+/// the README's test command runs every binary whatever fails (`--no-fail-fast`).
+#[test]
+fn finding_12_no_default_test_asserts_on_time() {
+    let root = common::root();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in [
+        "tests/suite",
+        "tests/suite/common",
+        "kernels/tests",
+        "src",
+        "kernels/src",
+    ] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        files.extend(
+            entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "rs")),
+        );
+    }
+    let timing = ["elapsed", "as_secs", "as_millis", "as_micros", "Instant::"];
+    for f in files.iter().filter(|f| !f.ends_with("hardware_host.rs")) {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let asserts = line.contains("assert");
+            assert!(
+                !(asserts && timing.iter().any(|t| line.contains(t))),
+                "{}:{}: a test asserting on time: {line}",
+                f.display(),
+                n + 1
+            );
+        }
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains("scripts/fetch-models.sh && cargo test --release --no-fail-fast"),
+        "the README's test command runs every test binary"
+    );
 }

@@ -124,8 +124,10 @@ pub fn read(bytes: &[u8]) -> Result<Header, String> {
     let mut tensors = Vec::with_capacity(tensor_count as usize);
     let mut names = HashSet::new();
     for i in 0..tensor_count {
-        let t = read_tensor_info(&mut r, alignment)
-            .map_err(|e| format!("tensor info {i} of {tensor_count}: {e}"))?;
+        let name = r
+            .string()
+            .map_err(|e| format!("tensor info {i} of {tensor_count}: name: {e}"))?;
+        let t = read_tensor_info(&mut r, name, alignment)?;
         if !names.insert(t.name.clone()) {
             return Err(format!("tensor '{}' is listed twice", t.name));
         }
@@ -175,17 +177,22 @@ fn alignment(metadata: &[(String, Value)]) -> Result<u64, String> {
     }
 }
 
-/// One tensor info: its shape, type and offset checked on their own.
-fn read_tensor_info(r: &mut Reader<'_>, alignment: u64) -> Result<TensorInfo, String> {
-    let name = r.string().map_err(|e| format!("name: {e}"))?;
+/// The rest of tensor `name`'s info: its shape, type and offset, checked on their own.
+fn read_tensor_info(
+    r: &mut Reader<'_>,
+    name: String,
+    alignment: u64,
+) -> Result<TensorInfo, String> {
     let at = |e: String| format!("tensor '{name}': {e}");
     let n_dims = r.u32().map_err(at)?;
     if n_dims == 0 {
-        return Err(at("has no dimensions".into()));
+        return Err(at(format!(
+            "no dimensions (a GGUF tensor has 1 to {MAX_DIMS})"
+        )));
     }
     if n_dims as usize > MAX_DIMS {
         return Err(at(format!(
-            "has {n_dims} dimensions; GGUF allows at most {MAX_DIMS}"
+            "{n_dims} dimensions (a GGUF tensor has at most {MAX_DIMS})"
         )));
     }
     let mut dims = Vec::with_capacity(n_dims as usize);

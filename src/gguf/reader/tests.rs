@@ -279,7 +279,7 @@ fn duplicates_are_errors() {
 fn bad_tensor_infos_are_errors_naming_the_tensor() {
     let cases: [(Info<'_>, usize, &str); 7] = [
         (("t", &[4], 16, 0), 64, "unknown ggml type 16"),
-        (("t", &[], 0, 0), 64, "has no dimensions"),
+        (("t", &[], 0, 0), 64, "no dimensions"),
         (("t", &[1, 1, 1, 1, 1], 0, 0), 64, "at most 4"),
         (("t", &[4, 0], 0, 0), 64, "dimension 0 of [0, 4] is 0"),
         (

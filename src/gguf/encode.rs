@@ -1,11 +1,49 @@
 //! GGUF's encoding: little-endian primitives, strings, metadata values and alignment padding,
-//! written to a stream that counts its bytes (the writer's offsets must match what it wrote).
+//! written to a stream that counts its bytes (the writer's offsets must match what it wrote);
+//! and the numbers the writer and the reader share: the magic and the ggml type ids.
 
 use super::writer::ALIGNMENT;
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::GgmlDType;
 use std::io::Write;
 use std::path::Path;
+
+/// GGUF's magic number, `GGUF` read as a little-endian u32.
+pub(super) const MAGIC: u32 = 0x4655_4747;
+
+/// The ggml storage types qpipe reads and writes, with their ids (`enum ggml_type`): the ones
+/// candle implements.
+const GGML_TYPES: [(u32, GgmlDType); 15] = [
+    (0, GgmlDType::F32),
+    (1, GgmlDType::F16),
+    (2, GgmlDType::Q4_0),
+    (3, GgmlDType::Q4_1),
+    (6, GgmlDType::Q5_0),
+    (7, GgmlDType::Q5_1),
+    (8, GgmlDType::Q8_0),
+    (9, GgmlDType::Q8_1),
+    (10, GgmlDType::Q2K),
+    (11, GgmlDType::Q3K),
+    (12, GgmlDType::Q4K),
+    (13, GgmlDType::Q5K),
+    (14, GgmlDType::Q6K),
+    (15, GgmlDType::Q8K),
+    (30, GgmlDType::BF16),
+];
+
+/// The ggml type with id `id`, `None` for one qpipe does not know.
+pub(super) fn ggml_type(id: u32) -> Option<GgmlDType> {
+    GGML_TYPES.iter().find(|(i, _)| *i == id).map(|(_, t)| *t)
+}
+
+/// ggml's id of type `t`.
+pub(super) fn ggml_type_id(t: GgmlDType) -> u32 {
+    GGML_TYPES
+        .iter()
+        .find(|(_, known)| *known == t)
+        .map_or(0, |(id, _)| *id)
+}
 
 /// The output stream: little-endian GGUF primitives, counting bytes for the padding.
 pub(super) struct Sink<'a> {

@@ -51,11 +51,32 @@ fn translate(name: &str, from: Side) -> Option<String> {
     };
     let rest = name.strip_prefix(layer_prefix(from))?;
     let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
+    let layer = canonical_index(layer)?;
     let (role, kind) = rest.rsplit_once('.')?;
     let pair = LAYER_ROLES.iter().find(|p| pick(p, from) == role)?;
     matches!(kind, "weight" | "bias")
         .then(|| format!("{}{layer}.{}.{kind}", layer_prefix(to), pick(pair, to)))
+}
+
+/// `digits` as a layer index if written the one way Rust prints it (`7`, not `07` or `+7`), so
+/// two names never map to one.
+fn canonical_index(digits: &str) -> Option<usize> {
+    digits
+        .parse()
+        .ok()
+        .filter(|l: &usize| l.to_string() == digits)
+}
+
+/// The layer a GGUF tensor name is in (`blk.3.attn_q.weight` -> 3), `None` outside the layers.
+pub fn gguf_layer(name: &str) -> Option<usize> {
+    let (layer, _) = name.strip_prefix("blk.")?.split_once('.')?;
+    canonical_index(layer)
+}
+
+/// The GGUF roles of a layer's weights (`attn_norm`, `attn_q`, ..., `ffn_down`): every Llama
+/// layer has a `blk.N.<role>.weight` for each.
+pub fn gguf_layer_roles() -> impl Iterator<Item = &'static str> {
+    LAYER_ROLES.iter().map(|(gguf, _)| *gguf)
 }
 
 /// The HF Llama name for a GGUF tensor name (`blk.3.attn_q.weight` ->
@@ -145,6 +166,12 @@ mod tests {
         assert_eq!(hf_name("output.weight").as_deref(), Some("lm_head.weight"));
         assert_eq!(hf_name("blk.0.attn_q.scale"), None);
         assert_eq!(hf_name("rope_freqs.weight"), None);
+        for alias in ["blk.01.attn_q.weight", "blk.+1.attn_q.weight"] {
+            assert_eq!(hf_name(alias), None, "{alias}");
+            assert_eq!(gguf_layer(alias), None, "{alias}");
+        }
+        assert_eq!(gguf_layer("blk.10.ffn_up.weight"), Some(10));
+        assert_eq!(gguf_layer("output.weight"), None);
         assert_eq!(
             gguf_name("model.layers.7.mlp.down_proj.weight").as_deref(),
             Some("blk.7.ffn_down.weight")

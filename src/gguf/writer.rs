@@ -13,7 +13,7 @@
 //! Tensors without a chosen type are written as F32 (norms, and the embedding unless chosen),
 //! so llama.cpp computes what qpipe's own evaluation computes for the same choice of types.
 
-use super::encode::{Place, Sink};
+use super::encode::{ggml_type_id, Place, Sink, MAGIC};
 use super::vocab;
 use crate::checkpoint::write::atomically;
 use crate::checkpoint::{Checkpoint, TensorView};
@@ -22,12 +22,11 @@ use crate::gguf::layout::{gguf_name, permute_rows, permuted_heads};
 use crate::model::llama::LlamaConfig;
 use crate::quant::{Calibrator, Factor, Format, GgufType, Rescale};
 use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::GgmlDType;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// GGUF's magic number, `GGUF` read as a little-endian u32.
-const MAGIC: u32 = 0x4655_4747;
 /// The GGUF version written.
 const VERSION: u32 = 3;
 /// Alignment of the data section and of every tensor in it (`general.alignment`).
@@ -138,7 +137,7 @@ pub fn write(
             for d in dims {
                 w.u64(*d as u64)?;
             }
-            w.u32(ggml_type_id(p.block))?;
+            w.u32(ggml_type_id(p.block.map_or(GgmlDType::F32, GgufType::ggml)))?;
             w.u64(*offset)?;
         }
         w.pad()?;
@@ -514,23 +513,6 @@ fn file_type(plan: &[Planned<'_>]) -> u32 {
         GgufType::Q4K => 15, // Q4_K_M
         GgufType::Q5K => 17, // Q5_K_M
         GgufType::Q6K => 18,
-    }
-}
-
-/// ggml's type id (`enum ggml_type`) of a storage type (`None`: F32).
-fn ggml_type_id(block: Option<GgufType>) -> u32 {
-    match block {
-        None => 0,
-        Some(GgufType::Q4_0) => 2,
-        Some(GgufType::Q4_1) => 3,
-        Some(GgufType::Q5_0) => 6,
-        Some(GgufType::Q5_1) => 7,
-        Some(GgufType::Q8_0) => 8,
-        Some(GgufType::Q2K) => 10,
-        Some(GgufType::Q3K) => 11,
-        Some(GgufType::Q4K) => 12,
-        Some(GgufType::Q5K) => 13,
-        Some(GgufType::Q6K) => 14,
     }
 }
 

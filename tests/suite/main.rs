@@ -18,6 +18,7 @@ mod compress;
 mod eval_metrics;
 mod export_gguf;
 mod export_onnx;
+mod fuzz;
 mod gguf_tokenizer;
 mod gptq;
 mod hardening;

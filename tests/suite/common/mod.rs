@@ -2,6 +2,7 @@
 //! checkpoints, hand-assembled files for the bad-input tests, and the lock that keeps busy tests
 //! out of timings.
 
+pub mod fuzz;
 pub mod synthetic;
 
 use qpipe::calib::{self, Stats};

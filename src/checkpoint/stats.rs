@@ -1,7 +1,7 @@
 //! Per-tensor weight statistics, streamed from the memory map in parallel blocks.
 //!
 //! Two passes: the first gathers count, min, max, sum and sum of squares of the finite values,
-//! shifted by the tensor's first finite value (f64 accumulators, merged in a fixed order so
+//! shifted by the mean of the tensor's first block (f64 accumulators, merged in a fixed order so
 //! results do not depend on the thread count);
 //! the second counts outliers |w - mean| > 6 std, which needs mean and std from the first.
 //! (Centred, so that non-zero-mean tensors such as norm gains are not all "outliers".)
@@ -45,8 +45,8 @@ pub struct TensorStats {
     pub inf: u64,
 }
 
-/// Sums of one tensor's finite values, shifted by a value `k` of the tensor (its first finite
-/// one): sums of `v - k` and `(v - k)²` neither overflow for values near f32's limits nor cancel
+/// Sums of one tensor's finite values, shifted by a value `k` near their mean (that of the
+/// first block): sums of `v - k` and `(v - k)²` neither overflow for values near f32's limits nor cancel
 /// for a tensor far from zero (a constant 1e19 tensor has std 0, not inf).
 #[derive(Clone, Copy)]
 struct Moments {
@@ -89,8 +89,8 @@ impl Moments {
     /// Adds a block shifted by `k`; the branch-free lane loop runs when the block holds only
     /// finite values of moderate size (the norm), f64 per element otherwise.
     fn add(&mut self, x: &[f32], k: f32) {
-        let moderate =
-            k.abs() <= LANE_LIMIT && x.iter().fold(0f32, |m, v| m.max(v.abs())) <= LANE_LIMIT;
+        // False for NaN and Inf too, which take the per-element path that counts them.
+        let moderate = k.abs() <= LANE_LIMIT && x.iter().all(|v| v.abs() <= LANE_LIMIT);
         if moderate {
             // 16 f32 lanes summed over runs of 8 (128 elements), then flushed to f64: the
             // compiler vectorises the f32 lanes, and 8-term f32 partial sums lose nothing
@@ -188,20 +188,23 @@ pub fn compute(checkpoint: &Checkpoint) -> Result<Vec<TensorStats>> {
         })
         .collect();
 
-    // Each tensor's shift: its first finite value (0 when it has none).
+    // Each tensor's shift: the mean of its first block's finite values (0 when it has none),
+    // near the tensor's mean unless the tensor drifts, so the shifted sums cancel little.
     let shifts: Vec<f32> = views
         .par_iter()
         .map(|v| {
-            let mut k = None;
-            let mut at = 0;
             let mut buf = [0f32; BLOCK];
-            while k.is_none() && at < v.numel() {
-                let n = BLOCK.min(v.numel() - at);
-                v.decode_f32(at, &mut buf[..n])?;
-                k = buf[..n].iter().copied().find(|x| x.is_finite());
-                at += n;
-            }
-            Ok(k.unwrap_or(0.0))
+            let n = BLOCK.min(v.numel());
+            v.decode_f32(0, &mut buf[..n])?;
+            let (sum, count) = buf[..n]
+                .iter()
+                .filter(|x| x.is_finite())
+                .fold((0f64, 0u32), |(s, c), &x| (s + f64::from(x), c + 1));
+            Ok(if count == 0 {
+                0.0
+            } else {
+                (sum / f64::from(count)) as f32
+            })
         })
         .collect::<Result<_>>()?;
     let partial: Vec<Moments> = items

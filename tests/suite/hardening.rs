@@ -129,6 +129,14 @@ fn edit_header(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u
     raw_safetensors(&header.to_string(), &bytes[8 + n..])
 }
 
+/// Where the data of `tensor` lies in the safetensors file `bytes`.
+fn data_range(bytes: &[u8], tensor: &str) -> std::ops::Range<usize> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let [a, b] = [0, 1].map(|i| header[tensor]["data_offsets"][i].as_u64().unwrap() as usize);
+    8 + n + a..8 + n + b
+}
+
 /// `bytes` with the manifest's entry of `tensor` changed by `edit`.
 fn edit_entry(bytes: &[u8], tensor: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
     edit_header(bytes, |h| {
@@ -181,13 +189,8 @@ fn finding_07_every_manifest_field_is_checked_against_its_range() {
     let w = "model.layers.0.mlp.up_proj.weight";
 
     // Zero-points of 200 for 4-bit codes, in the data.
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let at = header[format!("{w}.zeros")]["data_offsets"][0]
-        .as_u64()
-        .unwrap() as usize;
     let mut zeros = bytes.clone();
-    zeros[8 + n + at] = 200;
+    zeros[data_range(&bytes, &format!("{w}.zeros")).start] = 200;
     let d = variant(&good, &dir.path().join("zeros"), &zeros);
     bad(&check(&d, &[]), &[w, "zero-point 0 is 200"]);
 
@@ -268,10 +271,8 @@ fn tiny_variant(
     std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
     let mut bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     if let Some((name, value)) = tensor {
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-        let [a, b] = [0, 1].map(|i| header[name]["data_offsets"][i].as_u64().unwrap() as usize);
-        for chunk in bytes[8 + n + a..8 + n + b].chunks_exact_mut(4) {
+        let range = data_range(&bytes, name);
+        for chunk in bytes[range].chunks_exact_mut(4) {
             chunk.copy_from_slice(&value.to_le_bytes());
         }
     }
@@ -532,13 +533,9 @@ fn finding_09_messages_name_the_file_tensor_or_option_and_the_problem() {
     let file = packed_tiny(&good);
     let bytes = std::fs::read(&file).unwrap();
     let w = "model.layers.1.self_attn.o_proj.weight";
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let at = header[format!("{w}.scales")]["data_offsets"][0]
-        .as_u64()
-        .unwrap() as usize;
+    let at = data_range(&bytes, &format!("{w}.scales")).start;
     let mut nan = bytes.clone();
-    nan[8 + n + at..8 + n + at + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    nan[at..at + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
     let d = variant(&good, &dir.path().join("nan"), &nan);
     bad(&check(&d, &[]), &[w, "scale 0 is NaN"]);
 
